@@ -1,0 +1,36 @@
+"""score_sde: score-based generative modelling through SDEs, in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="score_sde",
+    version="0.1.0",
+    description="Score-based generative models through stochastic differential equations (JAX/Flax)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["score_sde", "score_sde.*", "configs", "configs.*"]),
+    package_data={"score_sde": ["metrics/*.msgpack"]},
+    install_requires=[
+        "jax>=0.6,<0.11",
+        "flax>=0.10,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "ml_collections>=1.0,<2",
+        "absl-py>=2.0,<3",
+        "numpy>=1.26,<3",
+        "scipy>=1.11,<2",
+        "diffrax>=0.6,<0.8",
+        "scikit-learn>=1.3,<2",
+        "tensorboardX>=2.6,<3",
+        "pillow>=10,<14",
+        "matplotlib>=3.7,<4",
+        "msgpack>=1.0,<2",
+        "tqdm>=4.60,<5",
+    ],
+    extras_require={
+        "gpu": ["jax[cuda12]>=0.6,<0.11"],
+        "tfds": ["tensorflow-datasets>=4.9.7", "grain>=0.2.10", "array_record>=0.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+    },
+)
