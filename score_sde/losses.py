@@ -131,7 +131,7 @@ def get_smld_loss_fn(vesde: sde_lib.VESDE, model, train: bool, reduce_mean: bool
         x = batch["image"]
         idx_rng, z_rng, drop_rng, label_rng = jax.random.split(rng, 4)
         y = _class_labels(label_rng, batch, num_classes, class_dropout)
-        model_fn = mutils.get_model_fn(model, params, train=train, rng=drop_rng, labels=y)
+        model_fn = mutils.get_model_fn(model, params, train=train, rng=drop_rng, y=y)
         idx = jax.random.randint(idx_rng, (x.shape[0],), 0, vesde.N)
         sigma = sigmas[idx]
         noise = sde_lib.batch_mul(sigma, jax.random.normal(z_rng, x.shape))
@@ -156,7 +156,7 @@ def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, model, train: bool, reduce_mean: bool
         x = batch["image"]
         idx_rng, z_rng, drop_rng, label_rng = jax.random.split(rng, 4)
         y = _class_labels(label_rng, batch, num_classes, class_dropout)
-        model_fn = mutils.get_model_fn(model, params, train=train, rng=drop_rng, labels=y)
+        model_fn = mutils.get_model_fn(model, params, train=train, rng=drop_rng, y=y)
         idx = jax.random.randint(idx_rng, (x.shape[0],), 0, vpsde.N)
         noise = jax.random.normal(z_rng, x.shape)
         perturbed = sde_lib.batch_mul(sqrt_ab[idx], x) + sde_lib.batch_mul(sqrt_1m_ab[idx], noise)
