@@ -57,8 +57,10 @@ def init_train_state(rng: Array, config, model=None, optimizer=None) -> TrainSta
     init_rng, state_rng = jax.random.split(rng)
     params = models.init_model(init_rng, config)
     optimizer = optimizer if optimizer is not None else get_optimizer(config)
+    # The EMA gets buffers of its own, so that a jitted step may donate the whole state.
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), ema_params=params, rng=state_rng)
+                      opt_state=optimizer.init(params),
+                      ema_params=jax.tree.map(jnp.copy, params), rng=state_rng)
 
 
 def _reduce_op(reduce_mean: bool) -> Callable[[Array], Array]:
