@@ -31,6 +31,8 @@ setup(
     extras_require={
         "gpu": ["jax[cuda12]>=0.6,<0.11"],
         "tfds": ["tensorflow-datasets>=4.9.7", "grain>=0.2.10", "array_record>=0.5"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        # torch (CPU wheel) + pytorch-fid: the reference network of the Inception equivalence test.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "torch==2.13.0",
+                 "torchvision==0.28.0", "pytorch-fid==0.3.0"],
     },
 )
