@@ -1,0 +1,69 @@
+"""Defaults shared by the CelebA configs (64x64 RGB), as published."""
+
+import ml_collections
+
+
+def get_default_configs() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 128
+    training.n_iters = 1300001
+    training.snapshot_freq = 50000
+    training.log_freq = 50
+    training.eval_freq = 100
+    training.snapshot_freq_for_preemption = 10000  # extra "meta" checkpoints for pre-emption
+    training.snapshot_sampling = True  # draw samples at every snapshot
+    training.likelihood_weighting = False
+    training.continuous = True
+    training.n_jitted_steps = 5
+    training.reduce_mean = False
+    # Added: probability of replacing a class label by the null label (classifier-free
+    # guidance); unused while model.num_classes == 0.
+    training.class_dropout = 0.1
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.n_steps_each = 1
+    sampling.noise_removal = True
+    sampling.probability_flow = False
+    sampling.snr = 0.17
+
+    config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.begin_ckpt = 1
+    evaluate.end_ckpt = 26
+    evaluate.batch_size = 1024
+    evaluate.enable_sampling = True
+    evaluate.num_samples = 50000
+    evaluate.enable_loss = True
+    evaluate.enable_bpd = False
+    evaluate.bpd_dataset = 'test'
+
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = 'CELEBA'
+    data.image_size = 64
+    data.random_flip = True
+    data.centered = False
+    data.uniform_dequantization = False
+    data.num_channels = 3
+
+    config.model = model = ml_collections.ConfigDict()
+    model.sigma_min = 0.01
+    model.sigma_max = 90.
+    model.num_scales = 1000
+    model.beta_min = 0.1
+    model.beta_max = 20.
+    model.dropout = 0.1
+    model.embedding_type = 'fourier'
+    model.num_classes = 0  # added: > 0 makes the network class-conditional (embedding + null row)
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.weight_decay = 0
+    optim.optimizer = 'Adam'
+    optim.lr = 2e-4
+    optim.beta1 = 0.9
+    optim.eps = 1e-8
+    optim.warmup = 5000
+    optim.grad_clip = 1.
+
+    config.seed = 42
+    return config

@@ -1,0 +1,84 @@
+"""Defaults for the embedded CPU dataset: scikit-learn's digits (1,797 8x8 grey images).
+
+Same fields as the published defaults, sized for a few-minute run on a 2-core CPU: the small
+U-Net (~0.46M parameters), batch 64, a few thousand steps, frequent logs and snapshots.
+"""
+
+import ml_collections
+
+
+def get_default_configs() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 64
+    training.n_iters = 3001
+    training.snapshot_freq = 1000
+    training.log_freq = 50
+    training.eval_freq = 250
+    training.snapshot_freq_for_preemption = 500
+    training.snapshot_sampling = True
+    training.likelihood_weighting = False
+    training.continuous = True
+    training.n_jitted_steps = 1
+    training.reduce_mean = True
+    # Probability of replacing a class label by the null label (classifier-free guidance);
+    # unused while model.num_classes == 0.
+    training.class_dropout = 0.1
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.n_steps_each = 1
+    sampling.noise_removal = True
+    sampling.probability_flow = False
+    sampling.snr = 0.16
+
+    config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.begin_ckpt = 1
+    evaluate.end_ckpt = 3
+    evaluate.batch_size = 256
+    evaluate.enable_sampling = True
+    evaluate.num_samples = 512
+    evaluate.enable_loss = True
+    evaluate.enable_bpd = False
+    evaluate.bpd_dataset = 'test'
+
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = 'digits'
+    data.image_size = 8
+    data.random_flip = False  # digits are not mirror-symmetric
+    data.centered = True
+    data.uniform_dequantization = False
+    data.num_channels = 1
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = 'small_unet'
+    model.sigma_min = 0.01
+    model.sigma_max = 50
+    model.num_scales = 1000
+    model.beta_min = 0.1
+    model.beta_max = 20.
+    model.dropout = 0.1
+    model.embedding_type = 'positional'
+    model.fourier_scale = 16
+    model.scale_by_sigma = False
+    model.ema_rate = 0.999
+    model.normalization = 'GroupNorm'
+    model.nonlinearity = 'swish'
+    model.nf = 32
+    model.ch_mult = (1, 2)
+    model.num_res_blocks = 1
+    model.attn_resolutions = (4,)
+    model.conditional = True
+    model.num_classes = 0  # 10 for class-conditional digits
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.weight_decay = 0
+    optim.optimizer = 'Adam'
+    optim.lr = 2e-3
+    optim.beta1 = 0.9
+    optim.eps = 1e-8
+    optim.warmup = 100
+    optim.grad_clip = 1.
+
+    config.seed = 42
+    return config

@@ -1,0 +1,207 @@
+"""Layers shared by the score networks, and the DDPM U-Net's blocks.
+
+Module and parameter names (`Conv_0`, `Dense_0`, `NIN_0/W`, `GroupNorm_0`, ...) and initialisers
+follow the published score_sde flax code, so published checkpoints load without renaming. The
+conv helpers are plain functions: called inside a parent's `nn.compact` method they create an
+`nn.Conv` child of that parent, which is what gives the published auto-names.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "elu": nn.elu,
+    "relu": nn.relu,
+    "lrelu": functools.partial(nn.leaky_relu, negative_slope=0.2),
+    "swish": nn.swish,
+}
+
+
+def get_act(config) -> Callable[[Array], Array]:
+    """The activation named by `config.model.nonlinearity`."""
+    name = str(config.model.nonlinearity).lower()
+    if name not in ACTIVATIONS:
+        raise ValueError(f"config.model.nonlinearity={config.model.nonlinearity!r} is not known; "
+                         f"choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def default_init(scale: float = 1.0) -> Callable:
+    """DDPM's initialiser: variance scaling, fan_avg, uniform; scale 0 means (almost) zero."""
+    return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
+
+
+def ddpm_conv(x: Array, out_ch: int, kernel: int, stride: int = 1, bias: bool = True,
+              dilation: int = 1, init_scale: float = 1.0) -> Array:
+    """A SAME-padded convolution with DDPM initialisation (call inside a compact module)."""
+    return nn.Conv(out_ch, kernel_size=(kernel, kernel), strides=(stride, stride), padding="SAME",
+                   use_bias=bias, kernel_dilation=(dilation, dilation),
+                   kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros)(x)
+
+
+def conv3x3(x: Array, out_ch: int, stride: int = 1, bias: bool = True, dilation: int = 1,
+            init_scale: float = 1.0) -> Array:
+    """3x3 convolution with DDPM initialisation (published `ddpm_conv3x3`)."""
+    return ddpm_conv(x, out_ch, 3, stride, bias, dilation, init_scale)
+
+
+def conv1x1(x: Array, out_ch: int, stride: int = 1, bias: bool = True, dilation: int = 1,
+            init_scale: float = 1.0) -> Array:
+    """1x1 convolution with DDPM initialisation (published `ddpm_conv1x1`)."""
+    return ddpm_conv(x, out_ch, 1, stride, bias, dilation, init_scale)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """NCSN++'s GroupNorm: min(channels // 4, 32) groups."""
+    return nn.GroupNorm(num_groups=min(channels // 4, 32))
+
+
+def get_timestep_embedding(timesteps: Array, embedding_dim: int,
+                           max_positions: int = 10000) -> Array:
+    """Transformer sinusoidal embedding of (possibly fractional) timesteps, shape (B, dim)."""
+    if timesteps.ndim != 1:
+        raise ValueError(f"timesteps must have shape (B,), got {timesteps.shape}")
+    half = embedding_dim // 2
+    freqs = jnp.exp(-math.log(max_positions) / (half - 1) * jnp.arange(half, dtype=jnp.float32))
+    args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+    if embedding_dim % 2 == 1:
+        emb = jnp.pad(emb, [[0, 0], [0, 1]])
+    return emb
+
+
+def get_sigmas(config) -> Array:
+    """SMLD noise levels, geometric from sigma_max down to sigma_min (index 0 = largest)."""
+    m = config.model
+    return jnp.exp(jnp.linspace(np.log(m.sigma_max), np.log(m.sigma_min), m.num_scales))
+
+
+class NIN(nn.Module):
+    """Per-pixel linear map over the channel axis (params `W`, `b`)."""
+
+    num_units: int
+    init_scale: float = 0.1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        w = self.param("W", default_init(self.init_scale), (x.shape[-1], self.num_units))
+        b = self.param("b", nn.initializers.zeros, (self.num_units,))
+        return jnp.tensordot(x, w, axes=1) + b
+
+
+def spatial_attention(x: Array, h: Array) -> Array:
+    """Single-head self-attention over all pixels; q, k, v projections of h; shape of x."""
+    _, _, _, c = x.shape
+    q, k, v = NIN(c)(h), NIN(c)(h), NIN(c)(h)
+    b, height, width, _ = q.shape
+    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k).reshape(b, height, width, -1) * c**-0.5
+    weights = jax.nn.softmax(logits, axis=-1).reshape(b, height, width, height, width)
+    return jnp.einsum("bhwHW,bHWc->bhwc", weights, v)
+
+
+class AttnBlock(nn.Module):
+    """DDPM's self-attention block with a residual connection."""
+
+    normalize: Any = nn.GroupNorm
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        h = spatial_attention(x, self.normalize()(x))
+        return x + NIN(x.shape[-1], init_scale=0.0)(h)
+
+
+class Upsample(nn.Module):
+    """DDPM upsampling: nearest neighbour x2, then optionally a 3x3 conv."""
+
+    with_conv: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, h, w, c = x.shape
+        x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
+        return conv3x3(x, c) if self.with_conv else x
+
+
+class Downsample(nn.Module):
+    """DDPM downsampling: stride-2 3x3 conv, or 2x2 average pooling."""
+
+    with_conv: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.with_conv:
+            return conv3x3(x, x.shape[-1], stride=2)
+        return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding="SAME")
+
+
+class ResnetBlockDDPM(nn.Module):
+    """DDPM's residual block: norm-act-conv, + time bias, norm-act-dropout-conv, shortcut."""
+
+    act: Callable[[Array], Array]
+    normalize: Any = nn.GroupNorm
+    out_ch: int | None = None
+    conv_shortcut: bool = False
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
+        c = x.shape[-1]
+        out_ch = self.out_ch or c
+        h = conv3x3(self.act(self.normalize()(x)), out_ch)
+        if temb is not None:
+            h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
+        h = self.act(self.normalize()(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = conv3x3(h, out_ch, init_scale=0.0)
+        if c != out_ch:
+            x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
+        return x + h
+
+
+def add_class_embedding(config, temb: Array | None, y: Array | None, batch: int,
+                        features: int) -> Array | None:
+    """temb + a class embedding when `config.model.num_classes` > 0; temb unchanged otherwise.
+
+    Call inside a compact module. The table (`class_embed/embedding`) has num_classes + 1 rows:
+    row `num_classes` is the reserved "null" label of classifier-free guidance, and `y=None`
+    means null for the whole batch. Unconditional configs get no extra parameters.
+    """
+    num_classes = int(config.model.get("num_classes", 0) or 0)
+    if num_classes <= 0:
+        if y is not None:
+            raise ValueError("class labels y were given but config.model.num_classes is 0")
+        return temb
+    if y is None:
+        y = jnp.full((batch,), num_classes, jnp.int32)
+    emb = nn.Embed(num_classes + 1, features, name="class_embed")(jnp.asarray(y, jnp.int32))
+    return emb if temb is None else temb + emb
+
+
+def check_choice(config, field: str, allowed: Sequence[str]) -> str:
+    """config.model.<field>, lower-cased, or one ValueError naming the field and the choices."""
+    value = str(config.model[field]).lower()
+    if value not in allowed:
+        raise ValueError(f"config.model.{field}={config.model[field]!r} is not valid; "
+                         f"choose one of {list(allowed)}")
+    return value
+
+
+def check_resolution(config, size: int | None = None) -> None:
+    """The U-Nets halve the resolution len(ch_mult) - 1 times: image_size must allow that."""
+    size = config.data.image_size if size is None else size
+    factor = 2 ** (len(config.model.ch_mult) - 1)
+    if size % factor:
+        raise ValueError(
+            f"config.data.image_size={size} must be divisible by 2**(len(config.model.ch_mult)-1)"
+            f"={factor} (ch_mult={tuple(config.model.ch_mult)})")

@@ -1,0 +1,70 @@
+"""Model registry: config.model.name -> flax module class, and parameter initialisation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_MODELS: dict[str, type[nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a module buildable as `config.model.name == name`."""
+
+    def register(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"a model named {name!r} is already registered")
+        _MODELS[name] = cls
+        return cls
+
+    return register
+
+
+def list_models() -> list[str]:
+    """Names accepted by `config.model.name`."""
+    return sorted(_MODELS)
+
+
+def _model_class(config) -> type[nn.Module]:
+    name = config.model.name
+    if name not in _MODELS:
+        raise ValueError(f"config.model.name={name!r} is not a known model; "
+                         f"choose one of {list_models()}")
+    return _MODELS[name]
+
+
+def get_model(config) -> nn.Module:
+    """The (unbound) score network for `config`; checks the config before anything is traced."""
+    cls = _model_class(config)
+    check = getattr(cls, "check_config", None)
+    if check is not None:
+        check(config)
+    return cls(config=config)
+
+
+def input_shape(config, batch: int = 1) -> tuple[int, ...]:
+    """Shape of a network input batch: NHWC images, or (B, D) for vector models."""
+    cls = _model_class(config)
+    if hasattr(cls, "input_shape"):
+        return cls.input_shape(config, batch)
+    d = config.data
+    return (batch, d.image_size, d.image_size, d.num_channels)
+
+
+def init_model(rng: jax.Array, config) -> dict:
+    """Fresh parameters of `get_model(config)`, initialised on a zero batch of size 1."""
+    model = get_model(config)
+    x = jnp.zeros(input_shape(config), jnp.float32)
+    t = jnp.ones((x.shape[0],), jnp.float32)
+    params_rng, dropout_rng = jax.random.split(rng)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, x, t, train=False)
+    return variables["params"]
+
+
+def count_params(params) -> int:
+    """Total number of scalars in a parameter tree (works on ShapeDtypeStructs too)."""
+    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
