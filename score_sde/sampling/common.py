@@ -1,0 +1,46 @@
+"""Pieces every sampler shares: the prior draw, per-example times, the data prediction."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from score_sde.sde_lib import SDE, ScoreFn, batch_mul
+
+Array = jax.Array
+
+
+def prior_sample(sde: SDE, rng: Array, shape: tuple[int, ...], sharding=None) -> Array:
+    """x_T ~ p_T, laid out with `sharding` (e.g. the batch on a mesh axis 'data') if given."""
+    x = sde.prior_sampling(rng, shape)
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def full_t(t: Array, x: Array) -> Array:
+    """A scalar time as the per-example vector (B,) the SDE contract asks for."""
+    return jnp.full((x.shape[0],), t, dtype=jnp.float32)
+
+
+def data_prediction(sde: SDE, score_fn: ScoreFn) -> ScoreFn:
+    """x0_hat(x, t) = E[x_0 | x_t = x] = (x + sigma^2 score) / alpha (Tweedie's formula)."""
+
+    def x0_hat(x: Array, t: Array) -> Array:
+        alpha, sigma = sde.marginal_coeffs(t)
+        return batch_mul(1.0 / alpha, x + batch_mul(sigma**2, score_fn(x, t)))
+
+    return x0_hat
+
+
+def transition(sde: SDE, t: Array, s: Array) -> tuple[Array, Array]:
+    """(a, b) of the exact forward step x_t = a x_s + sqrt(b) z from time s < t.
+
+    a = alpha_t / alpha_s and b = sigma_t^2 - a^2 sigma_s^2 for every linear SDE, so predictors
+    and correctors built on it are right for VP, sub-VP and VE on any time grid (VP: b = 1 - a^2,
+    DDPM's beta; VE: b = sigma_t^2 - sigma_s^2, SMLD's step). b is computed as
+    sigma_t^2 (1 - e^{2 (lambda_t - lambda_s)}) with lambda the log-SNR, free of the float32
+    cancellation of the difference form at small noise.
+    """
+    alpha_t, sigma_t = sde.marginal_coeffs(t)
+    alpha_s, _ = sde.marginal_coeffs(s)
+    b = sigma_t**2 * -jnp.expm1(2.0 * (sde.log_snr(t) - sde.log_snr(s)))
+    return alpha_t / alpha_s, jnp.maximum(b, 0.0)
