@@ -1,0 +1,373 @@
+"""Controllable generation (Song et al. 2021, Sec. 5, App. I): guided scores, inverse problems.
+
+Guidance transforms a score_fn, so it composes with every sampler:
+
+  classifier_guidance   s(x, t) + scale * grad_x log p_t(y | x)   (noise-conditional classifier)
+  cfg / cfg_from_model  (1 + w) s(x, t | y) - w s(x, t)            (classifier-free guidance)
+
+Inverse problems whose observation is a known part of x in an orthogonal basis (inpainting: a
+pixel mask; colorization: the grey direction of the channels) are solved as published: at every
+step the known part is replaced by the observation perturbed to the current time,
+x_known_t = alpha_t x_known + sigma_t z. That needs the per-step states, so `get_inpainter` /
+`get_colorizer` run their own step loop over the public predictor / corrector registries
+('pc', any predictor and corrector) or over DDIM steps ('ddim'). The replacement is the
+published approximation: it uses the joint score with the known part plugged in, not the
+conditional score (which has an extra term grad_u log p(x_known_0 | x_t)); correctors at the
+last, low-noise steps pull the unknown part towards the exact conditional
+(tests/test_controllable.py measures both). DPM-Solver++ and Heun would take the same merge
+after each step but keep their states inside `score_sde.sampling`; the adaptive ODE solver has
+no fixed steps to merge at.
+
+SDEdit (Meng et al. 2022) perturbs a guide image to t0 and solves back with any sampler: the
+sampler is built on the SDE restricted to [0, t0] whose "prior" is the perturbed guide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde.sampling.common import data_prediction, full_t, prior_sample
+from score_sde.sampling.correctors import get_corrector
+from score_sde.sampling.grids import get_time_grid
+from score_sde.sampling.predictors import get_predictor
+from score_sde.sde_lib import SDE, ScoreFn, batch_mul
+
+Array = jax.Array
+ClassifierFn = Callable[[Array, Array], Array]
+ConditionalScoreFn = Callable[[Array, Array, Array], Array]
+Sampler = Callable[[Array, ScoreFn], tuple[Array, Array]]
+# update(rng, x, t, t_next) -> (x, x_mean): a predictor / corrector step.
+Update = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
+# merge(rng, x, x_mean, t) -> (x, x_mean): put the observation, perturbed to t, into the state.
+Merge = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
+
+
+def _batch_labels(labels: Array | int, batch: int) -> Array:
+    return jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (batch,))
+
+
+# ------------------------------------------------------------------------------- guidance
+
+
+def classifier_guidance(score_fn: ScoreFn, classifier_fn: ClassifierFn, labels: Array | int,
+                        scale: float = 1.0) -> ScoreFn:
+    """score(x, t) + scale * grad_x log p_t(y = labels | x): sample p_t(x | y) (scale = 1).
+
+    classifier_fn(x, t) -> logits (B, K) of a noise-conditional classifier; labels is an int or
+    (B,) ints. Examples must not interact inside the classifier (no batch statistics): the
+    gradient of the batch sum of log-probabilities is then each example's own gradient.
+    """
+
+    def log_p_y(x: Array, t: Array) -> Array:
+        logp = jax.nn.log_softmax(classifier_fn(x, t), axis=-1)
+        y = _batch_labels(labels, x.shape[0])
+        return jnp.sum(jnp.take_along_axis(logp, y[:, None], axis=-1))
+
+    grad_log_p_y = jax.grad(log_p_y)
+
+    def guided(x: Array, t: Array) -> Array:
+        return score_fn(x, t) + scale * grad_log_p_y(x, t)
+
+    return guided
+
+
+def cfg(score_fn_cond: ScoreFn, score_fn_uncond: ScoreFn, w: float) -> ScoreFn:
+    """Classifier-free guidance (Ho & Salimans 2022): (1 + w) s(x, t | y) - w s(x, t).
+
+    w = 0 is plain conditional sampling; w > 0 samples the sharpened p(x | y) p(y | x)^w.
+    """
+    if w == 0:
+        return score_fn_cond
+    return lambda x, t: (1.0 + w) * score_fn_cond(x, t) - w * score_fn_uncond(x, t)
+
+
+def cfg_from_model(conditional_score_fn: ConditionalScoreFn, labels: Array | int,
+                   null_label: int, w: float) -> ScoreFn:
+    """Classifier-free guidance of one network, both terms in a single batched call.
+
+    conditional_score_fn(x, t, y) -> score for class labels y (B,); `null_label` (the model's
+    num_classes) is the unconditional input. The batch is doubled (labels | null) so the network
+    runs once per score evaluation, which is what a sampler's nfe counts.
+    """
+    if w == 0:
+        return lambda x, t: conditional_score_fn(x, t, _batch_labels(labels, x.shape[0]))
+
+    def guided(x: Array, t: Array) -> Array:
+        b = x.shape[0]
+        y = jnp.concatenate([_batch_labels(labels, b), jnp.full((b,), null_label, jnp.int32)])
+        s = conditional_score_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)
+        return (1.0 + w) * s[:b] - w * s[b:]
+
+    return guided
+
+
+def model_conditional_score_fn(sde: SDE, model, params,
+                               continuous: bool = True) -> ConditionalScoreFn:
+    """`fn(x, t, y) -> score` of a class-conditional network (config.model.num_classes > 0)."""
+    from score_sde.models import utils as mutils
+
+    def fn(x: Array, t: Array, y: Array) -> Array:
+        return mutils.get_score_fn(sde, model, params, train=False, continuous=continuous,
+                                   labels=y)(x, t)
+
+    return fn
+
+
+# ------------------------------------------------------------- observations in a channel basis
+
+
+def color_basis(num_channels: int = 3) -> np.ndarray:
+    """An orthogonal (C, C) matrix whose first column is the grey direction ones / sqrt(C).
+
+    Colorization works in these decoupled coordinates y = x @ M: y[..., 0] = sqrt(C) * grey
+    (grey = mean of the channels) is known, the other C - 1 (colour) coordinates are not. The
+    noise of every SDE here is isotropic, so it stays independent per coordinate after M.
+    """
+    if num_channels < 2:
+        raise ValueError(f"colorization needs num_channels >= 2, got {num_channels}")
+    a = np.eye(num_channels)
+    a[:, 0] = 1.0
+    q, _ = np.linalg.qr(a)
+    return q * np.sign(q[0, 0])  # first column +ones / sqrt(C)
+
+
+def linear_merge(sde: SDE, data: Array, mask: Array, basis: np.ndarray | None = None) -> Merge:
+    """Replace the known part of x by the observation perturbed to time t (the published merge).
+
+    data: (B, ...) the observation in pixel space (its unknown part is ignored); mask: 1 where
+    known, broadcastable to data; both are in the basis coordinates x @ basis (channels last)
+    when `basis` is given, else in pixel coordinates. The noisy state gets
+    alpha_t data + sigma_t z on the known part, the noise-free state (x_mean) alpha_t data.
+    """
+    m = None if basis is None else jnp.asarray(basis, jnp.float32)
+    to_basis = (lambda v: v) if m is None else (lambda v: v @ m)
+    from_basis = (lambda v: v) if m is None else (lambda v: v @ m.T)
+    known = to_basis(jnp.asarray(data, jnp.float32))
+    mask = jnp.asarray(mask, jnp.float32)
+
+    def merge(rng, x, x_mean, t):
+        mean, std = sde.marginal_prob(known, t)
+        noisy = mean + batch_mul(std, jax.random.normal(rng, known.shape, known.dtype))
+        x = to_basis(x) * (1.0 - mask) + noisy * mask
+        x_mean = to_basis(x_mean) * (1.0 - mask) + mean * mask
+        return from_basis(x), from_basis(x_mean)
+
+    return merge
+
+
+def inpainting_merge(sde: SDE, data: Array, mask: Array) -> Merge:
+    """The inpainting merge: pixels where mask == 1 are known (mask broadcastable to data)."""
+    return linear_merge(sde, data, mask)
+
+
+def colorization_merge(sde: SDE, gray: Array, num_channels: int | None = None) -> Merge:
+    """The colorization merge: the grey component (mean of channels) of x is known.
+
+    gray: (B, H, W, 1) grey image, or (B, H, W, C) whose channel mean is taken.
+    """
+    gray = jnp.asarray(gray, jnp.float32)
+    c = int(num_channels or (3 if gray.shape[-1] == 1 else gray.shape[-1]))
+    image = jnp.broadcast_to(jnp.mean(gray, axis=-1, keepdims=True), gray.shape[:-1] + (c,))
+    mask = jnp.zeros((c,), jnp.float32).at[0].set(1.0)
+    return linear_merge(sde, image, mask, color_basis(c))
+
+
+# ------------------------------------------------------------------- step loops with a merge
+
+
+@dataclasses.dataclass(frozen=True)
+class _Steps:
+    """A fixed-step sampler as (corrector, predictor) updates on a grid, for merged sampling."""
+
+    ts: np.ndarray
+    make: Callable[[ScoreFn], tuple[Update, Update]]
+    nfe_per_step: int
+    noise_removal: bool
+
+
+def _ddim_update(sde: SDE, score_fn: ScoreFn, eta: float) -> Update:
+    """One DDIM step t -> t_next: alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z."""
+    x0_hat = data_prediction(sde, score_fn)
+
+    def update(rng, x, t, t_next):
+        alpha_t, sigma_t = sde.marginal_coeffs(t)
+        alpha_s, sigma_s = sde.marginal_coeffs(t_next)
+        x0 = x0_hat(x, t)
+        eps_hat = batch_mul(1.0 / sigma_t, x - batch_mul(alpha_t, x0))
+        ratio = (alpha_t * sigma_s) / (sigma_t * alpha_s)  # exp(lambda_t - lambda_s) < 1
+        c = eta * sigma_s * jnp.sqrt(jnp.clip(1.0 - ratio**2, 0.0, None))
+        mean = batch_mul(alpha_s, x0) + batch_mul(jnp.sqrt(sigma_s**2 - c**2), eps_hat)
+        z = jax.random.normal(rng, x.shape, x.dtype)
+        return mean + batch_mul(c, z), mean
+
+    return update
+
+
+def _pc_steps(sde: SDE, *, predictor: str = "reverse_diffusion", corrector: str = "langevin",
+              snr: float = 0.16, n_steps_each: int = 1, probability_flow: bool = False,
+              noise_removal: bool = True, n_steps: int | None = None, eps: float = 1e-3,
+              grid: str = "uniform") -> _Steps:
+    pred, corr = get_predictor(predictor), get_corrector(corrector)
+    n_steps = sde.N if n_steps is None else int(n_steps)
+
+    def make(score_fn):
+        return (corr.factory(sde, score_fn, snr, n_steps_each),
+                pred.factory(sde, score_fn, probability_flow))
+
+    return _Steps(get_time_grid(grid, sde, n_steps, eps), make,
+                  pred.nfe + n_steps_each * corr.nfe, noise_removal)
+
+
+def _ddim_steps(sde: SDE, *, nfe: int = 50, eta: float = 0.0, grid: str = "logsnr",
+                eps: float = 1e-3, noise_removal: bool = True) -> _Steps:
+    def make(score_fn):
+        return (lambda rng, x, t, t_next: (x, x)), _ddim_update(sde, score_fn, eta)
+
+    return _Steps(get_time_grid(grid, sde, int(nfe), eps), make, 1, noise_removal)
+
+
+# Samplers whose per-step states a merge can act on (see the module docstring).
+MERGE_SAMPLERS = {"pc": _pc_steps, "ddim": _ddim_steps}
+
+
+def _get_steps(name: str, sde: SDE, options: dict) -> _Steps:
+    if name not in MERGE_SAMPLERS:
+        raise ValueError(
+            f"sampler={name!r} cannot merge an observation at every step; choose one of "
+            f"{sorted(MERGE_SAMPLERS)} (adaptive ODE solvers have no fixed steps to merge at)")
+    factory = MERGE_SAMPLERS[name]
+    allowed = [p for p in inspect.signature(factory).parameters if p != "sde"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"sampler={name!r} has no option(s) {unknown}; its options: {allowed}")
+    return factory(sde, **options)
+
+
+def merged_sampler(name: str, sde: SDE, shape: tuple[int, ...], **options):
+    """`sample(rng, score_fn, merge) -> (x, nfe)`: sampler `name` with `merge` after every update.
+
+    x_T ~ prior is merged at T; each corrector / predictor step is followed by the merge at the
+    state's new time (the published code merges after the predictor at the old time t; t_next
+    is the time the new state is at). Names: MERGE_SAMPLERS ('pc' options as `pc_sampler`,
+    default reverse_diffusion + langevin like the published inpainter; 'ddim': nfe, eta, grid).
+    """
+    steps = _get_steps(name, sde, options)
+    ts = jnp.asarray(steps.ts)
+    n = len(steps.ts) - 1
+
+    def sample(rng, score_fn, merge):
+        c_update, p_update = steps.make(score_fn)
+        rng, prior_rng, merge_rng = jax.random.split(rng, 3)
+        x = prior_sample(sde, prior_rng, shape)
+        x, x_mean = merge(merge_rng, x, x, full_t(ts[0], x))
+
+        def step(carry, i):
+            x, _ = carry
+            t, t_next = full_t(ts[i], x), full_t(ts[i + 1], x)
+            c_rng, p_rng, m1, m2 = jax.random.split(jax.random.fold_in(rng, i), 4)
+            x, x_mean = merge(m1, *c_update(c_rng, x, t, t_next), t)
+            x, x_mean = merge(m2, *p_update(p_rng, x, t, t_next), t_next)
+            return (x, x_mean), None
+
+        (x, x_mean), _ = jax.lax.scan(step, (x, x_mean), jnp.arange(n))
+        return (x_mean if steps.noise_removal else x), jnp.asarray(n * steps.nfe_per_step,
+                                                                   jnp.int32)
+
+    return sample
+
+
+def get_inpainter(sde: SDE, shape: tuple[int, ...], sampler: str = "pc", **options):
+    """`inpaint(rng, score_fn, data, mask) -> (x, nfe)`; mask == 1 marks known pixels.
+
+    data (B, ...) of `shape` in the model's (scaled) range; mask broadcastable to it.
+    """
+    sample = merged_sampler(sampler, sde, shape, **options)
+
+    def inpaint(rng, score_fn, data, mask):
+        return sample(rng, score_fn, inpainting_merge(sde, data, mask))
+
+    return inpaint
+
+
+def get_colorizer(sde: SDE, shape: tuple[int, ...], sampler: str = "pc", **options):
+    """`colorize(rng, score_fn, gray) -> (x, nfe)`: colour images of `shape` (B, H, W, C).
+
+    gray (B, H, W, 1) or (B, H, W, C) in the model's range; its channel mean is kept.
+    """
+    sample = merged_sampler(sampler, sde, shape, **options)
+
+    def colorize(rng, score_fn, gray):
+        return sample(rng, score_fn, colorization_merge(sde, gray, shape[-1]))
+
+    return colorize
+
+
+# ----------------------------------------------------------------------------------- SDEdit
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StartFrom(SDE):
+    """`base` restricted to [0, t_start], whose "prior" is x_start perturbed to t_start.
+
+    Any sampler built on it starts from alpha(t_start) x_start + sigma(t_start) z and solves
+    back to eps with the base SDE's coefficients: SDEdit for every sampler without changing
+    them. N keeps the base step size on [0, t_start] (PC's default n_steps).
+    """
+
+    base: SDE
+    t_start: float
+    x_start: Array
+    N: int = 1
+
+    @property
+    def T(self) -> float:
+        return self.t_start
+
+    def sde(self, x, t):
+        return self.base.sde(x, t)
+
+    def marginal_coeffs(self, t):
+        return self.base.marginal_coeffs(t)
+
+    def t_from_log_snr(self, log_snr):
+        return self.base.t_from_log_snr(log_snr)
+
+    def discretize(self, x, t):
+        return self.base.discretize(x, t)
+
+    def prior_sampling(self, rng, shape):
+        if tuple(shape) != tuple(self.x_start.shape):
+            raise ValueError(f"SDEdit: the sampler's shape {tuple(shape)} differs from the "
+                             f"guide's {tuple(self.x_start.shape)}")
+        mean, std = self.base.marginal_prob(self.x_start, full_t(self.t_start, self.x_start))
+        return mean + batch_mul(std, jax.random.normal(rng, mean.shape, mean.dtype))
+
+    def prior_logp(self, z):
+        raise NotImplementedError("SDEdit's start distribution has no closed-form density")
+
+
+def sdedit(sampler: str | Callable[..., Sampler], sde: SDE, guide: Array, t0: float,
+           eps: float = 1e-3, **options) -> Sampler:
+    """SDEdit: `sample(rng, score_fn) -> (x, nfe)` from x_t0 = alpha guide + sigma z back to eps.
+
+    sampler: a name for `score_sde.sampling.get_sampler` or a factory `(sde, shape, **options)`
+    (e.g. `pc_sampler`). t0 in (0, T] trades faithfulness (small t0) for realism (large t0):
+    t0 = T is unconditional sampling, t0 <= eps returns the guide unchanged (nfe 0).
+    """
+    guide = jnp.asarray(guide, jnp.float32)
+    if not 0.0 < t0 <= sde.T:
+        raise ValueError(f"SDEdit: t0 must be in (0, {sde.T}], got {t0}")
+    if t0 <= eps:
+        return lambda rng, score_fn: (guide, jnp.asarray(0, jnp.int32))
+    start = StartFrom(sde, float(t0), guide, N=max(int(round(sde.N * t0 / sde.T)), 1))
+    if isinstance(sampler, str):
+        from score_sde.sampling import get_sampler
+
+        return get_sampler(sampler, start, guide.shape, eps=eps, **options)
+    return sampler(start, guide.shape, eps=eps, **options)

@@ -1,0 +1,345 @@
+"""Command-line modes for controllable generation: `fn(config, workdir, **flags)` each.
+
+  inpaint           fill the unknown pixels of input images (mask: file or a named pattern)
+  colorize          colour grey input images (needs num_channels >= 2)
+  edit              SDEdit: perturb input images to t0 and solve back (denoise / enhance / edit)
+  train_classifier  train the noise-conditional classifier of config.classifier
+
+Inputs are a PNG file, a folder of PNGs, or an .npz (key 'images', 'samples' or its only array;
+uint8 or floats in [0, 1], NHWC or NHW); without one, the first n images of the test split.
+Each image mode restores the newest checkpoint in workdir (EMA weights) and writes
+workdir/<folder>/<mode>.png (rows: input | mask or observation | results) and <mode>.npz.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde import controllable as C
+from score_sde import datasets, sde_lib
+from score_sde import logging_utils as log
+
+MASKS = ("left_half", "right_half", "top_half", "bottom_half", "center", "random")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def _to_float(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    return images.astype(np.float32)
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path))
+
+
+def _read_array(path: Path) -> np.ndarray:
+    if path.suffix == ".npz":
+        with np.load(path) as f:
+            keys = [k for k in ("images", "samples", "image") if k in f] or list(f.keys())
+            if len(keys) != 1 and keys[0] not in ("images", "samples", "image"):
+                raise ValueError(f"{path} holds {list(f.keys())}; name the array 'images'")
+            return f[keys[0]]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no PNG/JPEG images in the folder {path}")
+        return np.stack([_read_png(p) for p in files])
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return _read_png(path)[None]
+    raise ValueError(f"input {path}: use a PNG/JPEG file, a folder of them, or an .npz")
+
+
+def _fit_channels(images: np.ndarray, channels: int, what: str) -> np.ndarray:
+    if images.ndim == 3:
+        images = images[..., None]
+    c = images.shape[-1]
+    if c == channels:
+        return images
+    if c == 1:
+        return np.repeat(images, channels, axis=-1)
+    if channels == 1:
+        return images[..., :3].mean(-1, keepdims=True)
+    if c == 4 and channels == 3:  # drop alpha
+        return images[..., :3]
+    raise ValueError(f"{what} has {c} channels; the model has {channels}")
+
+
+def load_images(config, path: str | None = None, n: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Input images (N, H, W, C) in [0, 1] and labels (N,) (-1 when unknown)."""
+    d = config.data
+    if path is None:
+        batch = datasets.get_dataset(config, "test", batch_size=n, shuffle=False).batch(0)
+        labels = batch.get("label", np.full(n, -1))
+        return batch["image"], np.asarray(labels, np.int32)
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    images = _fit_channels(_to_float(_read_array(p)), d.num_channels, f"input {path}")
+    if images.shape[1:3] != (d.image_size, d.image_size):
+        raise ValueError(f"input {path} has images of {images.shape[1:3]}; the model takes "
+                         f"{d.image_size}x{d.image_size} (config.data.image_size)")
+    return images[:n], np.full(min(len(images), n), -1, np.int32)
+
+
+def make_mask(kind: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A named mask (N, H, W, 1), 1 = known: one of MASKS."""
+    n, h, w = shape[:3]
+    m = np.ones((n, h, w, 1), np.float32)
+    if kind == "left_half":
+        m[:, :, : w // 2] = 0
+    elif kind == "right_half":
+        m[:, :, w // 2:] = 0
+    elif kind == "top_half":
+        m[:, : h // 2] = 0
+    elif kind == "bottom_half":
+        m[:, h // 2:] = 0
+    elif kind == "center":
+        m[:, h // 4: h - h // 4, w // 4: w - w // 4] = 0
+    elif kind == "random":
+        m = (np.random.default_rng(seed).random((n, h, w, 1)) < 0.5).astype(np.float32)
+    else:
+        raise ValueError(f"mask={kind!r} is not a file or a known mask; choose one of {MASKS}")
+    return m
+
+
+def load_mask(mask: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A mask file (PNG/npz; nonzero = known) or a named pattern, as (N, H, W, 1) in {0, 1}."""
+    if mask in MASKS or not Path(mask).exists():
+        return make_mask(mask, shape, seed)
+    m = _fit_channels(_to_float(_read_array(Path(mask))), 1, f"mask {mask}")
+    m = (m > 0.5).astype(np.float32)
+    if m.shape[1:3] != tuple(shape[1:3]):
+        raise ValueError(f"mask {mask} is {m.shape[1:3]}, the images {tuple(shape[1:3])}")
+    return np.broadcast_to(m, shape[:3] + (1,)) if len(m) == 1 else m[: shape[0]]
+
+
+# ------------------------------------------------------------------------------ the network
+
+
+class _Model:
+    """The restored EMA score network of a workdir as a (labelled) score function."""
+
+    def __init__(self, config, workdir: str | Path):
+        from score_sde.evaluate import Restorer
+
+        r = Restorer(config, workdir)
+        try:
+            state, self.step = r.restore(r.chosen_step())
+        finally:
+            r.close()
+        self.config, self.sde, self.eps = config, r.sde, r.eps
+        self.params = jax.device_get(state.ema_params)
+        self.num_classes = int(config.model.get("num_classes", 0) or 0)
+        self.model = r.model
+
+    def score_fn(self, params, labels: jax.Array | None, w: float):
+        """Unconditional (labels None: the null label), conditional, or CFG with weight w."""
+        cond = C.model_conditional_score_fn(self.sde, self.model, params,
+                                            bool(self.config.training.continuous))
+        if self.num_classes == 0:
+            return lambda x, t: cond(x, t, None)
+        if labels is None:
+            return lambda x, t: cond(x, t, jnp.full((x.shape[0],), self.num_classes))
+        return C.cfg_from_model(cond, labels, self.num_classes, w)
+
+
+def _merge_options(config) -> tuple[str, dict]:
+    """The step-merging sampler and its options from config.sampling (default: published PC)."""
+    s = config.sampling
+    method = str(s.get("method", "pc")).lower()
+    if method == "ddim":
+        return "ddim", {"nfe": int(s.get("nfe", None) or 100), "eta": float(s.get("eta", 0.0))}
+    if method != "pc":
+        log.say(f"config.sampling.method={method!r} cannot merge observations per step; "
+                "inpainting/colorization use the PC sampler")
+    return "pc", {"predictor": "reverse_diffusion", "corrector": "langevin",
+                  "snr": float(s.get("snr", 0.16)), "n_steps_each": int(s.get("n_steps_each", 1)),
+                  "noise_removal": bool(s.get("noise_removal", True))}
+
+
+def _labels(config, n: int) -> jax.Array | None:
+    """Class labels for CFG from config.sampling.class_labels (cycled); None: unconditional."""
+    if int(config.model.get("num_classes", 0) or 0) == 0:
+        return None
+    chosen = tuple(config.sampling.get("class_labels", ()) or ())
+    return jnp.asarray(np.resize(np.asarray(chosen, np.int32), n)) if chosen else None
+
+
+def _write(workdir, folder: str, name: str, columns: list[np.ndarray], **arrays) -> Path:
+    """A PNG grid with one row per input: columns side by side; plus an .npz of the arrays."""
+    out = Path(workdir) / folder
+    out.mkdir(parents=True, exist_ok=True)
+    c = max(col.shape[-1] for col in columns)
+    cols = [np.broadcast_to(col, col.shape[:3] + (c,)) for col in columns]
+    images = np.stack(cols, axis=1).reshape((-1,) + cols[0].shape[1:])
+    grid = log.image_grid(np.clip(images, 0.0, 1.0), nrow=len(cols))
+    path = log.save_image_grid(out / f"{name}.png", grid[None].astype(np.float32) / 255.0,
+                               scale=max(1, 512 // max(grid.shape[:2])))
+    np.savez_compressed(out / f"{name}.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+    return path
+
+
+# ----------------------------------------------------------------------------------- modes
+
+
+def _run(config, workdir, images, build, seed: int):
+    """Restore the model, run `build(model, shape)` -> fn(rng, score_fn) on the inputs."""
+    model = _Model(config, workdir)
+    scaler = datasets.get_data_scaler(config)
+    inverse = datasets.get_data_inverse_scaler(config)
+    labels = _labels(config, len(images))
+    w = float(config.sampling.get("guidance_scale", 0.0) or 0.0)
+    fn = build(model, images.shape, scaler)
+
+    @jax.jit
+    def run(params, rng):
+        x, nfe = fn(rng, model.score_fn(params, labels, w))
+        return jnp.clip(inverse(x), 0.0, 1.0), nfe
+
+    start = time.perf_counter()
+    x, nfe = run(model.params, jax.random.PRNGKey(seed))
+    x = np.asarray(x)
+    log.say(f"{int(nfe)} score evaluations, {time.perf_counter() - start:.1f} s "
+            f"(incl. compilation), checkpoint step {model.step}")
+    return x
+
+
+def inpaint(config, workdir: str | Path, input: str | None = None, mask: str = "right_half",
+            n: int = 16, folder: str = "controllable", seed: int = 0) -> Path:
+    """Inpaint the unknown (mask == 0) pixels of the inputs; grid: input | observed | result."""
+    images, _ = load_images(config, input, n)
+    m = load_mask(mask, images.shape, seed)
+    name, options = _merge_options(config)
+
+    def build(model, shape, scaler):
+        inpainter = C.get_inpainter(model.sde, shape, name, eps=model.eps, **options)
+        data = scaler(jnp.asarray(images))
+        return lambda rng, score_fn: inpainter(rng, score_fn, data, m)
+
+    result = _run(config, workdir, images, build, seed)
+    observed = images * m + 0.5 * (1.0 - m)
+    path = _write(workdir, folder, "inpaint", [images, observed, result],
+                  inputs=images, masks=m, results=result)
+    log.say(f"Inpainting grid (input | observed | result): {path}")
+    return path
+
+
+def colorize(config, workdir: str | Path, input: str | None = None, n: int = 16,
+             folder: str = "controllable", seed: int = 0) -> Path:
+    """Colour the grey version of the inputs; grid: input | grey | result."""
+    if int(config.data.num_channels) < 2:
+        raise ValueError("--mode colorize needs a colour model (config.data.num_channels >= 2)")
+    images, _ = load_images(config, input, n)
+    grey = np.repeat(images.mean(-1, keepdims=True), images.shape[-1], axis=-1)
+    name, options = _merge_options(config)
+
+    def build(model, shape, scaler):
+        colorizer = C.get_colorizer(model.sde, shape, name, eps=model.eps, **options)
+        data = scaler(jnp.asarray(grey))
+        return lambda rng, score_fn: colorizer(rng, score_fn, data)
+
+    result = _run(config, workdir, images, build, seed)
+    path = _write(workdir, folder, "colorize", [images, grey, result],
+                  inputs=images, grey=grey, results=result)
+    log.say(f"Colorization grid (input | grey | result): {path}")
+    return path
+
+
+def edit(config, workdir: str | Path, input: str | None = None, t0: float = 0.5,
+         noise_std: float = 0.0, n: int = 16, folder: str = "controllable",
+         seed: int = 0) -> Path:
+    """SDEdit from time t0 with config.sampling's sampler; grid: input | guide | result.
+
+    noise_std > 0 first corrupts the inputs with Gaussian noise (in [0, 1] units), the
+    denoising use; strokes or rough edits come in as the input images themselves.
+    """
+    images, _ = load_images(config, input, n)
+    guide = images
+    if noise_std > 0:
+        noise = np.random.default_rng(seed).normal(size=images.shape).astype(np.float32)
+        guide = images + noise_std * noise
+
+    def build(model, shape, scaler):
+        from score_sde.sampling import get_sampler_from_config
+
+        x = scaler(jnp.asarray(guide))
+
+        def factory(sde, shape, eps, **_):
+            return get_sampler_from_config(config, sde, shape, eps)
+
+        return C.sdedit(factory, model.sde, x, float(t0), eps=model.eps)
+
+    result = _run(config, workdir, images, build, seed)
+    path = _write(workdir, folder, "edit", [images, np.clip(guide, 0, 1), result],
+                  inputs=images, guides=guide, results=result)
+    log.say(f"SDEdit grid (input | guide | result), t0={t0}: {path}")
+    return path
+
+
+def train_classifier(config, workdir: str | Path) -> object:
+    """Train config.classifier on noisy data; checkpoints in workdir/classifier."""
+    from score_sde import checkpoints, classifier_training, losses
+    from score_sde.models import classifier as cls_models
+
+    ct = config.get("classifier_training", None)
+    get = (lambda k, d: ct.get(k, d)) if ct is not None else (lambda k, d: d)
+    n_iters, batch_size = int(get("n_iters", 2000)), int(get("batch_size", 64))
+    log_freq, snap = int(get("log_freq", 100)), int(get("snapshot_freq", 1000))
+    sde, _ = sde_lib.get_sde(config)
+    model = cls_models.get_classifier(config)
+    optimizer = losses.get_optimizer(config)
+    step_fn = jax.jit(classifier_training.get_classifier_step_fn(
+        config, sde, model, optimizer, eps=float(get("eps", 1e-5))))
+    scaler = datasets.get_data_scaler(config)
+    ckpts = checkpoints.Checkpoints(Path(workdir) / "classifier", async_save=False)
+    state = jax.jit(lambda r: classifier_training.init_classifier_state(r, config, optimizer))(
+        jax.random.PRNGKey(int(config.seed) + 7))
+    state, resumed = ckpts.restore_latest(state)
+    step = int(state.step)
+    log.say(f"Training {config.classifier.name} for {n_iters} steps"
+            + (f", resuming at {resumed}" if resumed is not None else ""))
+    data = datasets.get_dataset(config, "train", batch_size=batch_size).iterate(start=step)
+    try:
+        while step < n_iters:
+            batch = next(data)
+            state, metrics = step_fn(state, dict(batch, image=scaler(batch["image"])))
+            step += 1
+            if step % log_freq == 0:
+                log.say(f"step {step}: loss {float(metrics['loss']):.4f}, "
+                        f"noisy accuracy {float(metrics['accuracy']):.3f}")
+            if step % snap == 0 or step == n_iters:
+                ckpts.save_snapshot(step, state)
+    finally:
+        ckpts.wait()
+        ckpts.close()
+    return state
+
+
+def load_classifier_fn(config, workdir: str | Path, sde: sde_lib.SDE):
+    """`classifier_fn(x, t) -> logits` of the newest classifier in workdir/classifier (EMA)."""
+    from score_sde import checkpoints, classifier_training
+    from score_sde.models import classifier as cls_models
+
+    target = jax.eval_shape(lambda r: classifier_training.init_classifier_state(r, config),
+                            jax.random.PRNGKey(0))
+    ckpts = checkpoints.Checkpoints(Path(workdir) / "classifier", async_save=False)
+    try:
+        state, found = ckpts.restore_latest(checkpoints.abstract_like(target))
+    finally:
+        ckpts.close()
+    if found is None:
+        raise FileNotFoundError(f"no classifier checkpoint in {Path(workdir) / 'classifier'}; "
+                                "run --mode train_classifier first")
+    return cls_models.get_classifier_fn(sde, cls_models.get_classifier(config), state.ema_params)
