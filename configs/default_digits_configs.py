@@ -70,6 +70,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.attn_resolutions = (4,)
     model.conditional = True
     model.num_classes = 0  # 10 for class-conditional digits
+    model.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16' (bf16 compute, float32 parameters)
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0

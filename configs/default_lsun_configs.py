@@ -55,6 +55,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.dropout = 0.
     model.embedding_type = 'fourier'
     model.num_classes = 0  # added: > 0 makes the network class-conditional (embedding + null row)
+    model.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16' (bf16 compute, float32 parameters)
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0

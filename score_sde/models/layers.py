@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+Dtype = Any  # a jnp dtype, or None for "as the inputs and (float32) parameters"
+ModuleT = TypeVar("ModuleT", bound=type[nn.Module])
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "elu": nn.elu,
@@ -37,34 +41,65 @@ def get_act(config) -> Callable[[Array], Array]:
     return ACTIVATIONS[name]
 
 
+def get_dtype(config) -> Dtype:
+    """The compute dtype named by `config.model.dtype` ('float32' when the field is absent).
+
+    Parameters stay float32 whatever this is (flax `param_dtype`); bfloat16 only changes the
+    dtype convolutions, dense layers and attention compute in.
+    """
+    name = str(config.model.get("dtype", "float32")).lower()
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"config.model.dtype={config.model.get('dtype')!r} is not valid; "
+                         f"choose one of {sorted(COMPUTE_DTYPES)}")
+    return COMPUTE_DTYPES[name]
+
+
+@functools.cache
+def rematerialised(block: ModuleT) -> ModuleT:
+    """`block` wrapped in `nn.remat` (activations recomputed in the backward pass).
+
+    The wrapper keeps the block's class name, so flax's auto-names and hence the parameter
+    paths are unchanged. The block is called as `block(...)(x, temb, train)`: `train` is static.
+    """
+    wrapped = nn.remat(block, static_argnums=(3,))
+    wrapped.__name__ = wrapped.__qualname__ = block.__name__
+    return wrapped
+
+
+def maybe_remat(block: ModuleT, remat: bool) -> ModuleT:
+    """`rematerialised(block)` when `remat` (config.model.remat), else `block` itself."""
+    return rematerialised(block) if remat else block
+
+
 def default_init(scale: float = 1.0) -> Callable:
     """DDPM's initialiser: variance scaling, fan_avg, uniform; scale 0 means (almost) zero."""
     return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
 
 
 def ddpm_conv(x: Array, out_ch: int, kernel: int, stride: int = 1, bias: bool = True,
-              dilation: int = 1, init_scale: float = 1.0) -> Array:
+              dilation: int = 1, init_scale: float = 1.0, dtype: Dtype = None) -> Array:
     """A SAME-padded convolution with DDPM initialisation (call inside a compact module)."""
     return nn.Conv(out_ch, kernel_size=(kernel, kernel), strides=(stride, stride), padding="SAME",
                    use_bias=bias, kernel_dilation=(dilation, dilation),
-                   kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros)(x)
+                   kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros,
+                   dtype=dtype)(x)
 
 
 def conv3x3(x: Array, out_ch: int, stride: int = 1, bias: bool = True, dilation: int = 1,
-            init_scale: float = 1.0) -> Array:
+            init_scale: float = 1.0, dtype: Dtype = None) -> Array:
     """3x3 convolution with DDPM initialisation (published `ddpm_conv3x3`)."""
-    return ddpm_conv(x, out_ch, 3, stride, bias, dilation, init_scale)
+    return ddpm_conv(x, out_ch, 3, stride, bias, dilation, init_scale, dtype)
 
 
 def conv1x1(x: Array, out_ch: int, stride: int = 1, bias: bool = True, dilation: int = 1,
-            init_scale: float = 1.0) -> Array:
+            init_scale: float = 1.0, dtype: Dtype = None) -> Array:
     """1x1 convolution with DDPM initialisation (published `ddpm_conv1x1`)."""
-    return ddpm_conv(x, out_ch, 1, stride, bias, dilation, init_scale)
+    return ddpm_conv(x, out_ch, 1, stride, bias, dilation, init_scale, dtype)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """NCSN++'s GroupNorm: min(channels // 4, 32) groups."""
-    return nn.GroupNorm(num_groups=min(channels // 4, 32))
+def group_norm(channels: int, dtype: Dtype = None) -> nn.GroupNorm:
+    """NCSN++'s GroupNorm: min(channels // 4, 32) groups; statistics always in float32."""
+    return nn.GroupNorm(num_groups=min(channels // 4, 32), dtype=dtype)
 
 
 def get_timestep_embedding(timesteps: Array, embedding_dim: int,
@@ -88,60 +123,82 @@ def get_sigmas(config) -> Array:
 
 
 class NIN(nn.Module):
-    """Per-pixel linear map over the channel axis (params `W`, `b`)."""
+    """Per-pixel linear map over the channel axis (params `W`, `b`), computed in `dtype`."""
 
     num_units: int
     init_scale: float = 0.1
+    dtype: Dtype = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         w = self.param("W", default_init(self.init_scale), (x.shape[-1], self.num_units))
         b = self.param("b", nn.initializers.zeros, (self.num_units,))
+        x, w, b = nn.dtypes.promote_dtype(x, w, b, dtype=self.dtype)
         return jnp.tensordot(x, w, axes=1) + b
 
 
-def spatial_attention(x: Array, h: Array) -> Array:
-    """Single-head self-attention over all pixels; q, k, v projections of h; shape of x."""
-    _, _, _, c = x.shape
-    q, k, v = NIN(c)(h), NIN(c)(h), NIN(c)(h)
-    b, height, width, _ = q.shape
+def attention_reference(q: Array, k: Array, v: Array) -> Array:
+    """softmax(q k^T / sqrt(C)) v over all pixels, written out (NHWC q, k, v; for tests)."""
+    b, height, width, c = q.shape
     logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k).reshape(b, height, width, -1) * c**-0.5
     weights = jax.nn.softmax(logits, axis=-1).reshape(b, height, width, height, width)
     return jnp.einsum("bhwHW,bHWc->bhwc", weights, v)
+
+
+def pixel_attention(q: Array, k: Array, v: Array) -> Array:
+    """Single-head attention over all pixels of NHWC q, k, v via `jax.nn.dot_product_attention`.
+
+    XLA's implementation forms the logits and the softmax in float32 even for bfloat16 inputs;
+    the result has the inputs' dtype.
+    """
+    b, height, width, c = q.shape
+    tokens = lambda a: a.reshape(b, height * width, 1, c)  # (batch, seq, heads=1, head_dim)
+    out = jax.nn.dot_product_attention(tokens(q), tokens(k), tokens(v), implementation=None)
+    return out.reshape(b, height, width, c)
+
+
+def spatial_attention(x: Array, h: Array, dtype: Dtype = None) -> Array:
+    """Single-head self-attention over all pixels; q, k, v projections of h; shape of x."""
+    c = x.shape[-1]
+    q, k, v = NIN(c, dtype=dtype)(h), NIN(c, dtype=dtype)(h), NIN(c, dtype=dtype)(h)
+    return pixel_attention(q, k, v)
 
 
 class AttnBlock(nn.Module):
     """DDPM's self-attention block with a residual connection."""
 
     normalize: Any = nn.GroupNorm
+    dtype: Dtype = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        h = spatial_attention(x, self.normalize()(x))
-        return x + NIN(x.shape[-1], init_scale=0.0)(h)
+        h = spatial_attention(x, self.normalize(dtype=self.dtype)(x), self.dtype)
+        return x + NIN(x.shape[-1], init_scale=0.0, dtype=self.dtype)(h)
 
 
 class Upsample(nn.Module):
     """DDPM upsampling: nearest neighbour x2, then optionally a 3x3 conv."""
 
     with_conv: bool = False
+    dtype: Dtype = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         b, h, w, c = x.shape
         x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
-        return conv3x3(x, c) if self.with_conv else x
+        return conv3x3(x, c, dtype=self.dtype) if self.with_conv else x
 
 
 class Downsample(nn.Module):
     """DDPM downsampling: stride-2 3x3 conv, or 2x2 average pooling."""
 
     with_conv: bool = False
+    dtype: Dtype = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         if self.with_conv:
-            return conv3x3(x, x.shape[-1], stride=2)
+            return conv3x3(x, x.shape[-1], stride=2, dtype=self.dtype)
         return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding="SAME")
 
 
@@ -153,19 +210,22 @@ class ResnetBlockDDPM(nn.Module):
     out_ch: int | None = None
     conv_shortcut: bool = False
     dropout: float = 0.5
+    dtype: Dtype = None
 
     @nn.compact
     def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
-        c = x.shape[-1]
+        c, dtype = x.shape[-1], self.dtype
         out_ch = self.out_ch or c
-        h = conv3x3(self.act(self.normalize()(x)), out_ch)
+        h = conv3x3(self.act(self.normalize(dtype=dtype)(x)), out_ch, dtype=dtype)
         if temb is not None:
-            h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
-        h = self.act(self.normalize()(h))
+            h += nn.Dense(out_ch, kernel_init=default_init(), dtype=dtype)(
+                self.act(temb))[:, None, None, :]
+        h = self.act(self.normalize(dtype=dtype)(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = conv3x3(h, out_ch, init_scale=0.0)
+        h = conv3x3(h, out_ch, init_scale=0.0, dtype=dtype)
         if c != out_ch:
-            x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
+            x = (conv3x3(x, out_ch, dtype=dtype) if self.conv_shortcut
+                 else NIN(out_ch, dtype=dtype)(x))
         return x + h
 
 

@@ -24,9 +24,11 @@ from score_sde.models.layers import (
     conv3x3,
     default_init,
     get_act,
+    get_dtype,
     get_sigmas,
     get_timestep_embedding,
     group_norm,
+    maybe_remat,
 )
 from score_sde.models.registry import register_model
 
@@ -100,42 +102,48 @@ class NCSNpp(nn.Module):
         attn_resolutions = tuple(m.attn_resolutions)
         fir_kernel = tuple(m.fir_kernel)
         skip_rescale, init_scale = m.skip_rescale, m.init_scale
+        dtype, remat = get_dtype(config), bool(m.get("remat", False))
 
+        # The noise embedding is formed in float32; the layers after it compute in `dtype`.
         temb, used_sigmas = _time_embedding(config, opts, time_cond)
         if m.conditional:
-            temb = nn.Dense(nf * 4, kernel_init=default_init())(temb)
-            temb = nn.Dense(nf * 4, kernel_init=default_init())(act(temb))
+            temb = nn.Dense(nf * 4, kernel_init=default_init(), dtype=dtype)(temb)
+            temb = nn.Dense(nf * 4, kernel_init=default_init(), dtype=dtype)(act(temb))
         else:
             temb = None
         temb = add_class_embedding(config, temb, y, x.shape[0], nf * 4)
+        temb = None if temb is None else temb.astype(dtype)
 
         attn_block = functools.partial(layerspp.AttnBlockpp, init_scale=init_scale,
-                                       skip_rescale=skip_rescale)
+                                       skip_rescale=skip_rescale, dtype=dtype)
         upsample = functools.partial(layerspp.Upsample, with_conv=m.resamp_with_conv,
-                                     fir=m.fir, fir_kernel=fir_kernel)
+                                     fir=m.fir, fir_kernel=fir_kernel, dtype=dtype)
         downsample = functools.partial(layerspp.Downsample, with_conv=m.resamp_with_conv,
-                                       fir=m.fir, fir_kernel=fir_kernel)
+                                       fir=m.fir, fir_kernel=fir_kernel, dtype=dtype)
         pyramid_upsample = functools.partial(layerspp.Upsample, fir=m.fir, fir_kernel=fir_kernel,
-                                             with_conv=opts.progressive == "residual")
+                                             with_conv=opts.progressive == "residual",
+                                             dtype=dtype)
         pyramid_downsample = functools.partial(layerspp.Downsample, fir=m.fir,
                                                fir_kernel=fir_kernel,
-                                               with_conv=opts.progressive_input == "residual")
-        combiner = functools.partial(layerspp.Combine, method=opts.combine)
+                                               with_conv=opts.progressive_input == "residual",
+                                               dtype=dtype)
+        combiner = functools.partial(layerspp.Combine, method=opts.combine, dtype=dtype)
         if opts.resblock_type == "ddpm":
-            resnet_block = functools.partial(layerspp.ResnetBlockDDPMpp, act=act,
-                                             dropout=m.dropout, init_scale=init_scale,
-                                             skip_rescale=skip_rescale)
+            resnet_block = functools.partial(
+                maybe_remat(layerspp.ResnetBlockDDPMpp, remat), act=act, dropout=m.dropout,
+                init_scale=init_scale, skip_rescale=skip_rescale, dtype=dtype)
         else:
-            resnet_block = functools.partial(layerspp.ResnetBlockBigGANpp, act=act,
-                                             dropout=m.dropout, fir=m.fir, fir_kernel=fir_kernel,
-                                             init_scale=init_scale, skip_rescale=skip_rescale)
+            resnet_block = functools.partial(
+                maybe_remat(layerspp.ResnetBlockBigGANpp, remat), act=act, dropout=m.dropout,
+                fir=m.fir, fir_kernel=fir_kernel, init_scale=init_scale,
+                skip_rescale=skip_rescale, dtype=dtype)
 
         if not config.data.centered:
             x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
 
         # Downsampling path.
         input_pyramid = x if opts.progressive_input != "none" else None
-        hs = [conv3x3(x, nf)]
+        hs = [conv3x3(x, nf, dtype=dtype)]
         for i_level in range(num_resolutions):
             for _ in range(m.num_res_blocks):
                 h = resnet_block(out_ch=nf * ch_mult[i_level])(hs[-1], temb, train)
@@ -175,11 +183,12 @@ class NCSNpp(nn.Module):
                 if opts.progressive == "output_skip":
                     if pyramid is not None:
                         pyramid = pyramid_upsample()(pyramid)
-                    out = conv3x3(act(group_norm(h.shape[-1])(h)), x.shape[-1],
-                                  init_scale=init_scale)
+                    out = conv3x3(act(group_norm(h.shape[-1], dtype)(h)), x.shape[-1],
+                                  init_scale=init_scale, dtype=dtype)
                     pyramid = out if pyramid is None else pyramid + out
                 elif pyramid is None:  # residual, coarsest level
-                    pyramid = conv3x3(act(group_norm(h.shape[-1])(h)), h.shape[-1])
+                    pyramid = conv3x3(act(group_norm(h.shape[-1], dtype)(h)), h.shape[-1],
+                                      dtype=dtype)
                 else:  # residual
                     pyramid = pyramid_upsample(out_ch=h.shape[-1])(pyramid)
                     pyramid = layerspp.residual_sum(pyramid, h, skip_rescale)
@@ -197,8 +206,10 @@ class NCSNpp(nn.Module):
         if opts.progressive == "output_skip":
             h = pyramid
         else:
-            h = conv3x3(act(group_norm(h.shape[-1])(h)), x.shape[-1], init_scale=init_scale)
+            h = conv3x3(act(group_norm(h.shape[-1], dtype)(h)), x.shape[-1],
+                        init_scale=init_scale, dtype=dtype)
 
+        h = h.astype(jnp.float32)  # the score is formed in float32, whatever `dtype` is
         if m.scale_by_sigma:
             h = h / used_sigmas.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
         return h

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from score_sde.models.layers import get_act, get_sigmas
+from score_sde.models.layers import get_act, get_dtype, get_sigmas
 from score_sde.models.ncsn_layers import (
     RefineBlock,
     ResidualBlock,
@@ -45,6 +45,9 @@ class NCSNv2(nn.Module):
     def check_config(config) -> None:
         get_normalization(config)
         get_act(config)
+        if get_dtype(config) != jnp.float32:
+            raise ValueError(f"config.model.dtype={config.model.dtype!r} is not supported by "
+                             f"config.model.name={config.model.name!r}; use 'float32'")
 
     @nn.compact
     def __call__(self, x: Array, labels: Array, train: bool = False,

@@ -39,7 +39,10 @@ def _model_class(config) -> type[nn.Module]:
 
 def get_model(config) -> nn.Module:
     """The (unbound) score network for `config`; checks the config before anything is traced."""
+    from score_sde.models.layers import get_dtype
+
     cls = _model_class(config)
+    get_dtype(config)  # config.model.dtype, checked for every network
     check = getattr(cls, "check_config", None)
     if check is not None:
         check(config)

@@ -20,8 +20,10 @@ from score_sde.models.layers import (
     conv3x3,
     default_init,
     get_act,
+    get_dtype,
     get_timestep_embedding,
     group_norm,
+    maybe_remat,
 )
 from score_sde.models.registry import register_model
 
@@ -29,20 +31,25 @@ Array = jax.Array
 
 
 def _noise_embedding(config, time_cond: Array, act) -> Array:
-    """Sinusoidal ('positional') or Fourier-of-log ('fourier') embedding -> 2-layer MLP, 4*nf."""
-    m = config.model
+    """Sinusoidal ('positional') or Fourier-of-log ('fourier') embedding -> 2-layer MLP, 4*nf.
+
+    The embedding itself is formed in float32; the MLP computes in config.model.dtype.
+    """
+    m, dtype = config.model, get_dtype(config)
     kind = check_choice(config, "embedding_type", ("positional", "fourier"))
     if kind == "fourier":
         emb = layerspp.GaussianFourierProjection(
             embedding_size=m.nf, scale=m.get("fourier_scale", 16.0))(jnp.log(time_cond))
     else:
         emb = get_timestep_embedding(time_cond, m.nf)
-    emb = nn.Dense(4 * m.nf, kernel_init=default_init())(emb)
-    return nn.Dense(4 * m.nf, kernel_init=default_init())(act(emb))
+    emb = nn.Dense(4 * m.nf, kernel_init=default_init(), dtype=dtype)(emb)
+    return nn.Dense(4 * m.nf, kernel_init=default_init(), dtype=dtype)(act(emb))
 
 
 def _scale_by_sigma(config, h: Array, time_cond: Array) -> Array:
-    """Divide by the noise input (sigma, for continuous VE models) when model.scale_by_sigma."""
+    """h in float32, divided by the noise input (sigma, for continuous VE models) when
+    model.scale_by_sigma."""
+    h = h.astype(jnp.float32)
     if not config.model.get("scale_by_sigma", False):
         return h
     return h / time_cond.reshape((h.shape[0],) + (1,) * (h.ndim - 1))
@@ -72,13 +79,14 @@ class SmallUNet(nn.Module):
         check_resolution(config, x.shape[1])
         act = get_act(config)
         ch_mult = tuple(m.ch_mult)
-        block = functools.partial(layerspp.ResnetBlockDDPMpp, act=act, dropout=m.dropout,
-                                  skip_rescale=True)
-        attn = functools.partial(layerspp.AttnBlockpp, skip_rescale=True)
+        dtype, remat = get_dtype(config), bool(m.get("remat", False))
+        block = functools.partial(maybe_remat(layerspp.ResnetBlockDDPMpp, remat), act=act,
+                                  dropout=m.dropout, skip_rescale=True, dtype=dtype)
+        attn = functools.partial(layerspp.AttnBlockpp, skip_rescale=True, dtype=dtype)
         attn_resolutions = tuple(m.attn_resolutions)
 
         temb = _noise_embedding(config, time_cond, act)
-        temb = add_class_embedding(config, temb, y, x.shape[0], 4 * m.nf)
+        temb = add_class_embedding(config, temb, y, x.shape[0], 4 * m.nf).astype(dtype)
 
         def stage(h: Array, mult: int) -> Array:
             for _ in range(m.num_res_blocks):
@@ -88,22 +96,23 @@ class SmallUNet(nn.Module):
             return h
 
         h = x if config.data.get("centered", True) else 2 * x - 1.0
-        h = conv3x3(h, m.nf)
+        h = conv3x3(h, m.nf, dtype=dtype)
         skips = []
         for level, mult in enumerate(ch_mult):
             h = stage(h, mult)
             skips.append(h)
             if level != len(ch_mult) - 1:
-                h = layerspp.Downsample(with_conv=True)(h)
+                h = layerspp.Downsample(with_conv=True, dtype=dtype)(h)
 
         h = attn()(block()(h, temb, train))
 
         for level in reversed(range(len(ch_mult))):
             h = stage(jnp.concatenate([h, skips.pop()], axis=-1), ch_mult[level])
             if level != 0:
-                h = layerspp.Upsample(with_conv=True)(h)
+                h = layerspp.Upsample(with_conv=True, dtype=dtype)(h)
 
-        h = conv3x3(act(group_norm(h.shape[-1])(h)), x.shape[-1], init_scale=0.0)
+        h = conv3x3(act(group_norm(h.shape[-1], dtype)(h)), x.shape[-1], init_scale=0.0,
+                    dtype=dtype)
         return _scale_by_sigma(config, h, time_cond)
 
 
@@ -128,15 +137,16 @@ class MLP(nn.Module):
         m = config.model
         if x.ndim != 2:
             raise ValueError(f"mlp expects inputs of shape (B, D), got {x.shape}")
-        act = get_act(config)
+        act, dtype = get_act(config), get_dtype(config)
+        dense = functools.partial(nn.Dense, kernel_init=default_init(), dtype=dtype)
         temb = _noise_embedding(config, time_cond, act)
-        temb = add_class_embedding(config, temb, y, x.shape[0], 4 * m.nf)
+        temb = add_class_embedding(config, temb, y, x.shape[0], 4 * m.nf).astype(dtype)
 
-        h = nn.Dense(m.nf, kernel_init=default_init())(x)
+        h = dense(m.nf)(x)
         for _ in range(m.num_res_blocks):
-            r = nn.Dense(m.nf, kernel_init=default_init())(act(h))
-            r = r + nn.Dense(m.nf, kernel_init=default_init())(act(temb))
+            r = dense(m.nf)(act(h))
+            r = r + dense(m.nf)(act(temb))
             r = nn.Dropout(m.dropout)(act(r), deterministic=not train)
-            h = h + nn.Dense(m.nf, kernel_init=default_init())(r)
-        h = nn.Dense(x.shape[-1], kernel_init=default_init(0.0))(act(h))
+            h = h + dense(m.nf)(r)
+        h = dense(x.shape[-1], kernel_init=default_init(0.0))(act(h))
         return _scale_by_sigma(config, h, time_cond)

@@ -101,6 +101,7 @@ class Conv2d(nn.Module):
     resample_kernel: Sequence[int] = (1, 3, 3, 1)
     use_bias: bool = True
     kernel_init: Any = None
+    dtype: Any = None  # compute dtype; None = that of the inputs and (float32) parameters
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -108,6 +109,7 @@ class Conv2d(nn.Module):
             raise ValueError("Conv2d: up and down cannot both be set")
         w = self.param("weight", self.kernel_init,
                        (self.kernel, self.kernel, x.shape[-1], self.fmaps))
+        x, w = nn.dtypes.promote_dtype(x, w, dtype=self.dtype)
         if self.up:
             x = upsample_conv_2d(x, w, k=self.resample_kernel)
         elif self.down:
@@ -115,5 +117,5 @@ class Conv2d(nn.Module):
         else:
             x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_DIMS)
         if self.use_bias:
-            x = x + self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+            x = x + self.param("bias", nn.initializers.zeros, (x.shape[-1],)).astype(x.dtype)
         return x
