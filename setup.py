@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["score_sde", "score_sde.*", "configs", "configs.*"]),
     package_data={"score_sde": ["metrics/*.msgpack"]},
     install_requires=[
-        "jax>=0.6,<0.11",
+        "jax>=0.6,<0.12",
         "flax>=0.10,<0.13",
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
@@ -29,10 +29,12 @@ setup(
         "tqdm>=4.60,<5",
     ],
     extras_require={
-        "gpu": ["jax[cuda12]>=0.6,<0.11"],
+        "gpu": ["jax[cuda12]>=0.6,<0.12"],
         "tfds": ["tensorflow-datasets>=4.9.7", "grain>=0.2.10", "array_record>=0.5"],
         # torch (CPU wheel) + pytorch-fid: the reference network of the Inception equivalence test.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "torch==2.13.0",
-                 "torchvision==0.28.0", "pytorch-fid==0.3.0"],
+                 "torchvision==0.28.0", "pytorch-fid==0.3.0",
+                 # the notebooks run top to bottom in the tests
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
     },
 )
