@@ -1,0 +1,464 @@
+"""Image datasets as deterministic, random-access batch pipelines (no TensorFlow).
+
+A dataset is a random-access *source* of integer images (plus optional labels) and a
+`Pipeline` that turns (step) into this process's slice of the global batch. The batch of a
+step depends only on (seed, step), never on what was read before, so a resumed run reads exactly
+the batches an uninterrupted run would, and each host reads only its own examples.
+
+Images come out as float32 (B, H, W, C) in [0, 1] (with uniform dequantisation
+(x + u) / levels when `config.data.uniform_dequantization`); `get_data_scaler(config)` maps them
+to the model's range ([-1, 1] when `config.data.centered`), as in the published code.
+
+Sources (`config.data.dataset`):
+  DIGITS           scikit-learn's 8x8 digits (embedded, 17 grey levels, labels), the CPU default
+  CIFAR10, SVHN, MNIST, CELEBA, LSUN (config.data.category)
+                   tensorflow-datasets prepared in array_record format, read via tfds.data_source
+  FFHQ, CELEBAHQ, IMAGE_FOLDER
+                   a local folder of PNG/JPEG files (config.data.data_dir; see `ImageFolder`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+SPLITS = ("train", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class Source(Protocol):
+    """Random-access examples: `source[i] -> {'image': int (h, w, c), 'label'?: int}`."""
+
+    levels: int  # number of grey levels of the stored integers (256 for uint8, 17 for digits)
+    has_labels: bool
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset that is not prepared on this machine; the message says how to prepare it."""
+
+
+# ----------------------------------------------------------------------------- scalers
+
+
+def get_data_scaler(config) -> Callable[[Any], Any]:
+    """Data in [0, 1] -> the model's range: [-1, 1] when config.data.centered, else unchanged."""
+    if config.data.centered:
+        return lambda x: x * 2.0 - 1.0
+    return lambda x: x
+
+
+def get_data_inverse_scaler(config) -> Callable[[Any], Any]:
+    """Inverse of `get_data_scaler`: model range -> [0, 1]."""
+    if config.data.centered:
+        return lambda x: (x + 1.0) / 2.0
+    return lambda x: x
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+    """In-memory integer images (N, h, w, c) and optional labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    levels: int
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = {"image": self.images[index]}
+        if self.labels is not None:
+            ex["label"] = self.labels[index]
+        return ex
+
+
+def _sklearn_digits_split():
+    """The fixed digits split: 80/20, stratified, random_state=0 (as the digits classifier)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x, y = digits.images.astype(np.uint8), digits.target.astype(np.int32)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    return (x_tr, y_tr), (x_te, y_te)
+
+
+@functools.cache
+def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    try:  # the metrics engineer's split, when it exists, is the one source of truth
+        from score_sde.metrics.digits_classifier import digits_split
+    except ImportError:
+        digits_split = None
+    if digits_split is None:
+        train, test = _sklearn_digits_split()
+    else:
+        train, test = _normalise_digits_split(digits_split())
+    return {"train": train, "test": test}
+
+
+def _normalise_digits_split(split) -> tuple[tuple, tuple]:
+    """Accept {'train': (x, y), 'test': (x, y)} or (x_tr, y_tr, x_te, y_te) / ((x, y), (x, y))."""
+    if isinstance(split, dict):
+        parts = (split["train"], split["test"])
+    elif len(split) == 4:
+        parts = ((split[0], split[1]), (split[2], split[3]))
+    else:
+        parts = (split[0], split[1])
+    out = []
+    for x, y in parts:
+        x = np.asarray(x, np.float64).reshape(-1, 8, 8)
+        if x.max() <= 1.0:  # given as pixel / 16
+            x = x * 16.0
+        out.append((np.rint(x).astype(np.uint8), np.asarray(y, np.int32)))
+    return out[0], out[1]
+
+
+def digits_source(split: str) -> ArraySource:
+    x, y = _digits_arrays()[split]
+    return ArraySource(images=x[..., None], labels=y, levels=17)
+
+
+_TFDS = {  # config.data.dataset -> (tfds name, {our split: tfds split})
+    "CIFAR10": ("cifar10", {"train": "train", "test": "test"}),
+    "SVHN": ("svhn_cropped", {"train": "train", "test": "test"}),
+    "MNIST": ("mnist", {"train": "train", "test": "test"}),
+    "CELEBA": ("celeb_a", {"train": "train", "test": "validation"}),
+    "LSUN": ("lsun/{category}", {"train": "train", "test": "validation"}),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSource:
+    """A tfds random-access data source (array_record); decoding needs no TensorFlow."""
+
+    data_source: Any
+    levels: int = 256
+
+    @property
+    def has_labels(self) -> bool:
+        return "label" in self.data_source.dataset_info.features
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.data_source[int(index)]
+        out = {"image": np.asarray(ex["image"])}
+        if "label" in ex:
+            out["label"] = np.int32(ex["label"])
+        return out
+
+
+def _data_dir(config) -> str | None:
+    return config.data.get("data_dir", None) or os.environ.get("TFDS_DATA_DIR") or None
+
+
+def tfds_source(config, split: str) -> TfdsSource:
+    name, splits = _TFDS[config.data.dataset.upper()]
+    name = name.format(category=config.data.get("category", "bedroom"))
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(f"config.data.dataset={config.data.dataset!r} reads "
+                          "tensorflow-datasets; install it with `pip install -e '.[tfds]'` "
+                          "(no TensorFlow needed)") from e
+    data_dir = _data_dir(config)
+    try:
+        ds = tfds.data_source(name, split=splits[split], data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises several types for "not prepared / wrong format"
+        where = data_dir or "the default tfds data dir (~/tensorflow_datasets)"
+        raise DatasetNotFoundError(
+            f"config.data.dataset={config.data.dataset!r}: the tfds dataset '{name}' "
+            f"(split '{splits[split]}') is not prepared in array_record format in {where}. "
+            f"Prepare it once on a machine with internet: `tfds build {name} "
+            "--file_format=array_record --data_dir=DIR`, then set config.data.data_dir=DIR "
+            f"(or TFDS_DATA_DIR). [{type(e).__name__}: {str(e).splitlines()[0][:200]}]") from e
+    return TfdsSource(ds)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+    """PNG/JPEG files under a folder, sorted by path; 8-bit, no labels.
+
+    Layout: `root/train/**.png` and `root/test/**.png`; without those sub-folders every image
+    under `root` belongs to both splits. Images are decoded with Pillow as 'L' (1 channel) or
+    'RGB' (3 channels).
+    """
+
+    files: tuple[str, ...]
+    num_channels: int
+    levels: int = 256
+    has_labels: bool = False
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from PIL import Image
+
+        with Image.open(self.files[int(index)]) as img:
+            img = img.convert("L" if self.num_channels == 1 else "RGB")
+            x = np.asarray(img, np.uint8)
+        return {"image": x[..., None] if x.ndim == 2 else x}
+
+
+def image_folder_source(config, split: str) -> ImageFolder:
+    field = "config.data.data_dir"
+    root = config.data.get("data_dir", None)
+    if not root and config.data.get("tfrecords_path", None):  # the reference's field name
+        root, field = config.data.tfrecords_path, "config.data.tfrecords_path"
+    if not root or not Path(root).is_dir():
+        raise DatasetNotFoundError(
+            f"config.data.dataset={config.data.dataset!r} reads images from a local folder, but "
+            f"{field}={root!r} is not a directory. Put PNG/JPEG files in DIR/train/ and "
+            f"DIR/test/ (or directly in DIR) and pass --config.data.data_dir=DIR")
+    base = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
+    files = sorted(str(p) for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetNotFoundError(f"{field}={root!r}: no {'/'.join(IMAGE_SUFFIXES)} images "
+                                   f"under {base}")
+    return ImageFolder(tuple(files), int(config.data.num_channels))
+
+
+def get_source(config, split: str) -> Source:
+    """The random-access source named by config.data.dataset for split 'train' or 'test'."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; choose one of {SPLITS}")
+    name = str(config.data.dataset).upper()
+    if name == "DIGITS":
+        return digits_source(split)
+    if name in _TFDS:
+        return tfds_source(config, split)
+    if name in ("FFHQ", "CELEBAHQ", "IMAGE_FOLDER"):
+        return image_folder_source(config, split)
+    raise ValueError(f"config.data.dataset={config.data.dataset!r} is not known; choose one of "
+                     f"{['DIGITS', *_TFDS, 'FFHQ', 'CELEBAHQ', 'IMAGE_FOLDER']}")
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def central_crop(x: np.ndarray, size: int) -> np.ndarray:
+    top, left = (x.shape[0] - size) // 2, (x.shape[1] - size) // 2
+    return x[top:top + size, left:left + size]
+
+
+def resize(x: np.ndarray, size: int) -> np.ndarray:
+    """Resize float (h, w, c) to (size, size, c), antialiased bilinear (as tf.image.resize)."""
+    if x.shape[0] == size and x.shape[1] == size:
+        return x
+    from PIL import Image
+
+    chans = [np.asarray(Image.fromarray(x[..., c].astype(np.float32), mode="F")
+                        .resize((size, size), Image.BILINEAR)) for c in range(x.shape[-1])]
+    return np.stack(chans, axis=-1)
+
+
+def resize_small(x: np.ndarray, size: int) -> np.ndarray:
+    """Resize so that the shorter side is `size`, keeping the aspect ratio."""
+    from PIL import Image
+
+    h, w = x.shape[:2]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    chans = [np.asarray(Image.fromarray(x[..., c].astype(np.float32), mode="F")
+                        .resize((nw, nh), Image.BILINEAR)) for c in range(x.shape[-1])]
+    return np.stack(chans, axis=-1)
+
+
+def get_geometry(config) -> Callable[[np.ndarray], np.ndarray]:
+    """The per-dataset crop/resize of a float (h, w, c) image to (S, S, c), as published."""
+    size, name = int(config.data.image_size), str(config.data.dataset).upper()
+    if name == "CELEBA":
+        return lambda x: resize(central_crop(x, 140), size)
+    if name in ("LSUN", "FFHQ", "CELEBAHQ", "IMAGE_FOLDER"):
+        return lambda x: central_crop(resize_small(x, size), size)
+    return lambda x: resize(x, size)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+@dataclasses.dataclass
+class Pipeline:
+    """Deterministic batches of a source: `batch(step)` is this process's slice of global batch.
+
+    Training (shuffle=True) walks an endless sequence of per-epoch permutations seeded by
+    (seed, epoch); evaluation (shuffle=False) reads the split once in order and drops the last
+    partial batch, or with `pad_last` completes it with repeated examples and adds a boolean
+    'mask' entry (False on the padding). The random flip and dequantisation noise of an example
+    depend only on (seed, its position in that sequence), so every process count gives the same
+    global batch.
+    """
+
+    source: Source
+    global_batch: int
+    seed: int
+    shuffle: bool
+    geometry: Callable[[np.ndarray], np.ndarray]
+    random_flip: bool = False
+    dequantize: bool = False
+    process_index: int = 0
+    process_count: int = 1
+    num_threads: int = 0
+    pad_last: bool = False
+
+    def __post_init__(self):
+        if self.global_batch % self.process_count:
+            raise ValueError(f"batch size {self.global_batch} must divide by the number of "
+                             f"processes ({self.process_count})")
+        self.local_batch = self.global_batch // self.process_count
+        if not self.shuffle and not self.pad_last and len(self.source) < self.global_batch:
+            raise ValueError(f"the split has {len(self.source)} examples, fewer than one batch "
+                             f"of {self.global_batch}; lower the batch size")
+        self._perms: dict[int, np.ndarray] = {}
+
+    @property
+    def num_batches(self) -> int | None:
+        """Batches in one pass (evaluation), None for the endless training stream."""
+        if self.shuffle:
+            return None
+        if self.pad_last:
+            return -(-len(self.source) // self.global_batch)
+        return len(self.source) // self.global_batch
+
+    def _index(self, position: int) -> int:
+        n = len(self.source)
+        if not self.shuffle:
+            return position % n
+        epoch = position // n
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(n)
+        return int(self._perms[epoch][position % n])
+
+    def example(self, position: int) -> dict[str, Any]:
+        """The transformed example at a position of the (global) example sequence."""
+        ex = self.source[self._index(position)]
+        levels = self.source.levels
+        x = self.geometry(np.asarray(ex["image"], np.float32) / (levels - 1))
+        rng = np.random.default_rng([self.seed, 1, position])
+        if self.random_flip and rng.random() < 0.5:
+            x = x[:, ::-1]
+        if self.dequantize:
+            x = (x * (levels - 1) + rng.random(x.shape, dtype=np.float32)) / levels
+        out = {"image": np.ascontiguousarray(x, dtype=np.float32)}
+        if "label" in ex:
+            out["label"] = np.int32(ex["label"])
+        return out
+
+    def positions(self, step: int) -> range:
+        start = step * self.global_batch + self.process_index * self.local_batch
+        return range(start, start + self.local_batch)
+
+    def batch(self, step: int) -> Batch:
+        if self.num_batches is not None and not 0 <= step < self.num_batches:
+            raise IndexError(f"step {step} is outside the {self.num_batches} evaluation batches")
+        positions = self.positions(step)
+        examples = [self.example(p) for p in positions]
+        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        if self.pad_last:
+            batch["mask"] = np.asarray([p < len(self.source) for p in positions])
+        return batch
+
+    def iterate(self, start: int = 0, stop: int | None = None, prefetch: int = 2
+                ) -> Iterator[Batch]:
+        """Batches start, start+1, ... (stop: exclusive; default: end of split / endless)."""
+        stop = self.num_batches if stop is None else stop
+        if self.num_threads > 0 and stop is not None:
+            return _grain_iterate(self.batch, start, stop, self.num_threads, prefetch)
+        return _thread_prefetch(self.batch, start, stop, prefetch)
+
+
+def _grain_iterate(fn, start: int, stop: int, threads: int, prefetch: int) -> Iterator[Batch]:
+    try:
+        import grain
+    except ImportError:
+        return _thread_prefetch(fn, start, stop, prefetch)
+    ds = grain.MapDataset.range(start, stop).map(fn)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                     prefetch_buffer_size=prefetch)))
+
+
+def _thread_prefetch(fn, start: int, stop: int | None, depth: int) -> Iterator[Batch]:
+    """fn(start), fn(start + 1), ... computed `depth` ahead in a daemon thread."""
+    q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    done = threading.Event()
+
+    def work():
+        step = start
+        try:
+            while (stop is None or step < stop) and not done.is_set():
+                q.put(("ok", fn(step)))
+                step += 1
+            q.put(("end", None))
+        except Exception as e:  # surfaced in the consumer
+            q.put(("error", e))
+
+    threading.Thread(target=work, daemon=True).start()
+
+    def gen():
+        try:
+            while True:
+                kind, item = q.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise item
+                yield item
+        finally:
+            done.set()
+            while not q.empty():
+                q.get_nowait()
+
+    return gen()
+
+
+def get_dataset(config, split: str, batch_size: int | None = None, *, seed: int | None = None,
+                shuffle: bool | None = None, pad_last: bool = False,
+                process_index: int | None = None, process_count: int | None = None
+                ) -> Pipeline:
+    """The pipeline of config.data for a split; batch size defaults to training/eval.batch_size.
+
+    Per-host sharding defaults to jax.process_index() / jax.process_count().
+    """
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    train = split == "train"
+    if batch_size is None:
+        batch_size = config.training.batch_size if train else config.eval.batch_size
+    source = get_source(config, split)
+    in_memory = isinstance(source, ArraySource)
+    return Pipeline(
+        source=source, global_batch=int(batch_size),
+        seed=int(config.seed if seed is None else seed),
+        shuffle=train if shuffle is None else shuffle,
+        geometry=get_geometry(config),
+        random_flip=bool(config.data.random_flip) and train,
+        dequantize=bool(config.data.uniform_dequantization),
+        process_index=process_index, process_count=process_count,
+        num_threads=0 if in_memory else int(config.data.get("num_threads", 8)),
+        pad_last=pad_last)

@@ -1,0 +1,344 @@
+"""Evaluation, sampling, likelihood and conversion of trained checkpoints (run_lib.evaluate).
+
+Everything written here is resumable: each result lives in its own file under
+workdir/<eval_folder>/step_<step>/ and a file that exists is not computed again.
+
+    loss.json                  mean evaluation loss over the test split (EMA weights)
+    bpd_<repeat>.npz           bits/dim of every example, one file per dequantisation repeat
+    host_<p>/samples_<r>.npz   eval.num_samples samples in rounds of eval.batch_size, each
+                               process writing its own shard ('samples': uint8 NHWC)
+    metrics.json               what the registered eval hooks (FID/KID/IS, ...) return
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from score_sde import checkpoints, datasets, losses, parallel, sde_lib
+from score_sde import logging_utils as log
+from score_sde.train import Sampler
+
+# hook(config, sample_dir: Path, step: int) -> {name: value}; run after sampling a checkpoint.
+EvalHook = Callable[[Any, Path, int], dict[str, float]]
+EVAL_HOOKS: dict[str, EvalHook] = {}
+
+
+def register_eval_hook(name: str) -> Callable[[EvalHook], EvalHook]:
+    """Decorator: run `hook(config, sample_dir, step)` on every evaluated checkpoint's samples."""
+    def add(hook: EvalHook) -> EvalHook:
+        EVAL_HOOKS[name] = hook
+        return hook
+
+    return add
+
+
+class Restorer:
+    """Model, SDE and mesh of a config, and its checkpoints in a workdir."""
+
+    def __init__(self, config, workdir: str | Path):
+        from score_sde import models
+
+        self.config, self.workdir = config, Path(workdir)
+        self.mesh = parallel.make_mesh()
+        self.sde, self.eps = sde_lib.get_sde(config)
+        self.model = models.get_model(config)
+        self.optimizer = losses.get_optimizer(config)
+        self.ckpts = checkpoints.Checkpoints(self.workdir, async_save=False)
+
+    def target(self) -> Any:
+        shapes = jax.eval_shape(lambda r: losses.init_train_state(
+            r, self.config, self.model, self.optimizer), jax.random.PRNGKey(0))
+        return checkpoints.abstract_like(shapes, parallel.replicated(self.mesh))
+
+    def restore(self, step: int | None = None) -> tuple[losses.TrainState, int]:
+        """The snapshot at `step`, or the newest checkpoint of either kind."""
+        if step is not None:
+            return self.ckpts.restore_snapshot(self.target(), step), step
+        state, found = self.ckpts.restore_latest(self.target())
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint in {self.workdir / checkpoints.SNAPSHOT_DIR} "
+                                    f"or {self.workdir / checkpoints.META_DIR}; train first "
+                                    "(--mode train) or convert a published one (--mode convert)")
+        return state, found
+
+    def chosen_step(self) -> int | None:
+        """config.eval.ckpt (a snapshot index, as published: step = ckpt * snapshot_freq)."""
+        ckpt = self.config.eval.get("ckpt", None)
+        if ckpt is None or int(ckpt) < 0:
+            return None
+        return int(ckpt) * int(self.config.training.snapshot_freq)
+
+    def eval_steps(self) -> list[int]:
+        """Snapshots with eval.begin_ckpt <= step // training.snapshot_freq <= eval.end_ckpt."""
+        ev, freq = self.config.eval, int(self.config.training.snapshot_freq)
+        available = self.ckpts.snapshot_steps()
+        chosen = [s for s in available if ev.begin_ckpt <= s // freq <= ev.end_ckpt]
+        if not chosen:
+            raise FileNotFoundError(
+                f"no snapshot in {self.workdir / checkpoints.SNAPSHOT_DIR} with "
+                f"config.eval.begin_ckpt={ev.begin_ckpt} <= step // {freq} <= "
+                f"config.eval.end_ckpt={ev.end_ckpt}; snapshot steps there: "
+                f"{available or 'none (train first)'}")
+        return chosen
+
+    def close(self) -> None:
+        self.ckpts.close()
+
+
+def _write_json(path: Path, values: dict) -> None:
+    if log.is_main():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(values, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def eval_loss(r: Restorer, state, split: str = "test") -> float:
+    """Mean loss of the EMA weights over every full batch of a split."""
+    from score_sde.train import make_eval_call
+
+    config = r.config
+    parallel.check_batch_size(int(config.eval.batch_size), "config.eval.batch_size", r.mesh)
+    ds = datasets.get_dataset(config, split)
+    call = make_eval_call(losses.get_step_fn(config, r.sde, r.model, r.optimizer, train=False),
+                          r.mesh, datasets.get_data_scaler(config))
+    key = jax.random.PRNGKey(int(config.seed) + 3)
+    values = []
+    for i, batch in enumerate(log.progress(ds.iterate(), total=ds.num_batches, desc="eval loss")):
+        rng = parallel.replicate(jax.random.fold_in(key, i), r.mesh)
+        values.append(call(state.replace(rng=rng), parallel.shard_batch(batch, r.mesh)))
+    return float(np.mean(jax.device_get(values)))
+
+
+# ----------------------------------------------------------------------------- bits/dim
+
+
+def bits_per_dim(logp_nats: np.ndarray, dim: int, levels: int, centered: bool) -> np.ndarray:
+    """Bits/dim of data with `levels` values, dequantised into [0, 1] and scaled by the config
+    (x 2 when centered): the published offset 7 - inverse_scaler(-1) for 8-bit data."""
+    from score_sde.likelihood import bits_per_dim as bpd
+
+    return np.asarray(bpd(logp_nats, dim, scale=2.0 if centered else 1.0, n_bins=levels))
+
+
+def get_likelihood_call(r: Restorer) -> Callable:
+    """jit(params, rng, x_scaled) -> logp (nats, per example) via score_sde.likelihood."""
+    from score_sde import likelihood
+    from score_sde.models import utils as mutils
+
+    config = r.config
+    fn = likelihood.get_likelihood_fn_from_config(config, r.sde, r.eps)
+    continuous = bool(config.training.continuous)
+
+    def call(params, rng, x):
+        score_fn = mutils.get_score_fn(r.sde, r.model, params, train=False,
+                                       continuous=continuous)
+        return fn(rng, score_fn, x)[0]
+
+    rep = parallel.replicated(r.mesh)
+    return jax.jit(call, in_shardings=(rep, rep, parallel.data_sharding(r.mesh)),
+                   out_shardings=parallel.data_sharding(r.mesh))
+
+
+def bpd_over_split(r: Restorer, state, split: str, repeat: int, call=None) -> np.ndarray:
+    """Bits/dim of every example of a split, dequantised with noise of this repeat."""
+    config = r.config
+    ds = datasets.get_dataset(config, split, batch_size=int(config.eval.batch_size),
+                              shuffle=False, pad_last=True,
+                              seed=int(np.random.SeedSequence([int(config.seed), 11, repeat])
+                                       .generate_state(1)[0] % 2**31))
+    ds.dequantize = True  # published: bits/dim always on uniformly dequantised data
+    call = call or get_likelihood_call(r)
+    scaler = datasets.get_data_scaler(config)
+    dim = config.data.image_size ** 2 * config.data.num_channels
+    key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 4), repeat)
+    out = []
+    for i, batch in enumerate(log.progress(ds.iterate(), total=ds.num_batches,
+                                           desc=f"bits/dim (repeat {repeat})")):
+        x = parallel.shard_batch({"image": scaler(batch["image"])}, r.mesh)["image"]
+        logp = parallel.to_host(call(state.ema_params,
+                                     parallel.replicate(jax.random.fold_in(key, i), r.mesh), x))
+        mask = parallel.to_host(parallel.shard_batch({"m": batch["mask"]}, r.mesh)["m"])
+        out.append(bits_per_dim(logp, dim, ds.source.levels, bool(config.data.centered))[mask])
+    return np.concatenate(out)
+
+
+def _num_repeats(config) -> int:
+    default = 5 if str(config.data.dataset).upper() == "CIFAR10" else 1
+    return int(config.eval.get("num_repeats", default))
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of an array sharded on its leading axis, in global order."""
+    shards = {s.index[0].start or 0: np.asarray(s.data) for s in x.addressable_shards}
+    return np.concatenate([shards[k] for k in sorted(shards)])
+
+
+def sample_files(sample_dir: str | Path) -> list[Path]:
+    """Every samples_<round>.npz of an evaluated checkpoint (all hosts)."""
+    return sorted(Path(sample_dir).glob("host_*/samples_*.npz"))
+
+
+def sample_rounds(r: Restorer, state, step: int, out: Path, sampler: Sampler) -> None:
+    config = r.config
+    rounds = math.ceil(int(config.eval.num_samples) / sampler.n)
+    host_dir = out / f"host_{jax.process_index()}"
+    key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 5), step)
+    for i in log.progress(range(rounds), desc="sampling rounds"):
+        path = host_dir / f"samples_{i}.npz"
+        if parallel.all_true(path.exists()):
+            continue
+        images, _ = sampler(state.ema_params, jax.random.fold_in(key, i))
+        _save_npz(path, samples=log.to_uint8(local_rows(images)))
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def evaluate(config, workdir: str | Path, eval_folder: str = "eval") -> dict[int, dict]:
+    """Loss, bits/dim, samples and hook metrics of the snapshots chosen by config.eval."""
+    r = Restorer(config, workdir)
+    ev = config.eval
+    writer = log.MetricWriter(Path(workdir) / eval_folder, console=False)
+    results = {}
+    sampler = None
+    try:
+        for step in r.eval_steps():
+            state, _ = r.restore(step)
+            out = Path(workdir) / eval_folder / f"step_{step}"
+            out.mkdir(parents=True, exist_ok=True)
+            log.say(f"Evaluating the checkpoint at step {step} -> {out}")
+            res: dict[str, float] = {}
+            if ev.enable_loss:
+                res.update(_cached_json(out / "loss.json",
+                                        lambda s=state: {"eval/loss": eval_loss(r, s)}))
+            if ev.enable_bpd:
+                res["eval/bpd"] = _bpd(r, state, out)
+            if ev.enable_sampling:
+                sampler = sampler or Sampler(config, r.sde, r.eps, r.model, r.mesh)
+                sample_rounds(r, state, step, out, sampler)
+                for name, hook in EVAL_HOOKS.items():
+                    log.say(f"Running eval hook {name}")
+                    res.update(hook(config, out, step))
+            _write_json(out / "metrics.json", res)
+            writer.scalars(step, res)
+            log.say(f"step {step}: " + ", ".join(f"{k}={v:.5g}" for k, v in res.items()))
+            results[step] = res
+    finally:
+        writer.close()
+        r.close()
+    return results
+
+
+def _cached_json(path: Path, compute: Callable[[], dict]) -> dict:
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    values = compute()
+    _write_json(path, values)
+    return values
+
+
+def _bpd(r: Restorer, state, out: Path) -> float:
+    call = get_likelihood_call(r)
+    values = []
+    for repeat in range(_num_repeats(r.config)):
+        path = out / f"bpd_{repeat}.npz"
+        if not path.exists():
+            bpd = bpd_over_split(r, state, r.config.eval.bpd_dataset, repeat, call)
+            if log.is_main():
+                _save_npz(path, bpd=bpd)
+        else:
+            bpd = np.load(path)["bpd"]
+        values.append(bpd)
+    return float(np.mean(np.concatenate(values)))
+
+
+def sample(config, workdir: str | Path, eval_folder: str = "eval") -> Path | None:
+    """One batch of samples of the EMA weights: a PNG grid and an .npz in workdir/eval_folder."""
+    r = Restorer(config, workdir)
+    try:
+        state, step = r.restore(r.chosen_step())
+        n = int(config.sampling.get("batch_size", min(int(config.eval.batch_size), 64)))
+        log.say(f"Sampling {n} images from the checkpoint at step {step} with "
+                f"config.sampling.method={config.sampling.method!r}")
+        sampler = Sampler(config, r.sde, r.eps, r.model, r.mesh, n=n)
+        start = time.perf_counter()
+        images, nfe = sampler(state.ema_params, jax.random.PRNGKey(int(config.seed) + 6))
+        images = parallel.to_host(images)
+        seconds = time.perf_counter() - start
+    finally:
+        r.close()
+    if not log.is_main():
+        return None
+    out = Path(workdir) / eval_folder
+    _save_npz(out / f"samples_step_{step}.npz", samples=log.to_uint8(images))
+    path = log.save_image_grid(out / f"samples_step_{step}.png", images)
+    log.say(f"{nfe} score evaluations, {seconds:.1f} s (incl. compilation); grid: {path}; "
+            f"arrays: {out / f'samples_step_{step}.npz'}")
+    return path
+
+
+def likelihood(config, workdir: str | Path, eval_folder: str = "eval") -> float:
+    """Bits/dim of the test split under the EMA weights (mean over eval.num_repeats)."""
+    r = Restorer(config, workdir)
+    try:
+        state, step = r.restore(r.chosen_step())
+        log.say(f"Bits/dim of the {config.eval.bpd_dataset} split under the checkpoint at "
+                f"step {step}")
+        call = get_likelihood_call(r)
+        bpd = np.concatenate([bpd_over_split(r, state, config.eval.bpd_dataset, k, call)
+                              for k in range(_num_repeats(config))])
+    finally:
+        r.close()
+    mean, se = float(bpd.mean()), float(bpd.std() / np.sqrt(len(bpd)))
+    out = Path(workdir) / eval_folder
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / f"bpd_step_{step}.json", {"bpd": mean, "stderr": se, "n": len(bpd)})
+    log.say(f"bits/dim = {mean:.4f} +- {se:.4f} over {len(bpd)} examples "
+            f"(written to {out / f'bpd_step_{step}.json'})")
+    return mean
+
+
+def convert(config, workdir: str | Path, published_path: str) -> Path:
+    """Write a published checkpoint as a snapshot of workdir, at its published step (so the
+    published checkpoint index `ckpt` selects it through config.eval.begin_ckpt/end_ckpt)."""
+    r = Restorer(config, workdir)
+    try:
+        if r.ckpts.snapshot_steps():
+            raise FileExistsError(f"{r.workdir / checkpoints.SNAPSHOT_DIR} already has "
+                                  "checkpoints; convert into an empty workdir")
+        state = jax.jit(lambda k: losses.init_train_state(k, config, r.model, r.optimizer))(
+            jax.random.PRNGKey(int(config.seed)))
+        state = checkpoints.state_from_published(jax.device_get(state), published_path, config,
+                                                 keep_step=True)
+        step = int(state.step)
+        r.ckpts.save_snapshot(step, parallel.replicate(state, r.mesh))
+        r.ckpts.wait()
+    finally:
+        r.close()
+    path = r.workdir / checkpoints.SNAPSHOT_DIR / str(step)
+    log.say(f"Converted {published_path} into {path} (use --mode sample/eval/likelihood "
+            "with this workdir)")
+    return path
+

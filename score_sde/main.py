@@ -1,0 +1,143 @@
+"""Command line: `python -m score_sde.main --config CONFIG --workdir DIR --mode MODE`.
+
+Modes (the MODES table; other modules add theirs with `@register_mode(name)`):
+  train       train (resuming from the newest checkpoint in workdir)
+  eval        loss / bits/dim / samples (+ eval hooks) of the snapshots chosen by config.eval
+  sample      a grid of samples from the newest (or config.eval.ckpt) checkpoint
+  likelihood  bits/dim of the test split
+  convert     a published checkpoint (--init_from_published PATH) -> workdir/checkpoints/0
+
+Config values are overridden on the command line, e.g. `--config.training.n_iters=2000`.
+Multi-host: --coordinator_address/--num_processes/--process_id, or --distributed to read the
+cluster environment (SLURM, Open MPI, Cloud TPU); a detected cluster environment also starts it.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+flags.DEFINE_string("mode", "train", "What to run; one of the MODES table (see --helpfull).")
+flags.DEFINE_string("eval_folder", "eval", "Sub-folder of workdir for evaluation outputs.")
+flags.DEFINE_string("init_from_published", None,
+                    "A checkpoint of the published score_sde code: the starting weights of "
+                    "--mode train, or what --mode convert converts.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() from the cluster environment.")
+flags.DEFINE_bool("traceback", False, "Show the full traceback of errors.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+Mode = Callable[[object, str], object]
+MODES: dict[str, Mode] = {}
+
+# Errors that are about the user's input (config, paths, data) and read as one message.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, ImportError,
+               IndexError)
+
+
+def register_mode(name: str) -> Callable[[Mode], Mode]:
+    """Decorator: `fn(config, workdir)` becomes `--mode name`."""
+    def add(fn: Mode) -> Mode:
+        MODES[name] = fn
+        return fn
+
+    return add
+
+
+@register_mode("train")
+def _train(config, workdir):
+    from score_sde import train
+
+    return train.train(config, workdir, init_from_published=FLAGS.init_from_published)
+
+
+@register_mode("eval")
+def _eval(config, workdir):
+    from score_sde import evaluate
+
+    return evaluate.evaluate(config, workdir, FLAGS.eval_folder)
+
+
+@register_mode("sample")
+def _sample(config, workdir):
+    from score_sde import evaluate
+
+    return evaluate.sample(config, workdir, FLAGS.eval_folder)
+
+
+@register_mode("likelihood")
+def _likelihood(config, workdir):
+    from score_sde import evaluate
+
+    return evaluate.likelihood(config, workdir, FLAGS.eval_folder)
+
+
+@register_mode("convert")
+def _convert(config, workdir):
+    from score_sde import evaluate
+
+    if not FLAGS.init_from_published:
+        raise ValueError("--mode convert needs --init_from_published PATH (a checkpoint of the "
+                         "published score_sde code)")
+    return evaluate.convert(config, workdir, FLAGS.init_from_published)
+
+
+def run(mode: str, config, workdir: str) -> object:
+    """Run one mode by name (also usable from Python)."""
+    if mode not in MODES:
+        raise ValueError(f"--mode={mode!r} is not a mode; choose one of {sorted(MODES)}")
+    return MODES[mode](config, workdir)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a one-line message for a config override that does not exist."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"score_sde: error: {e}\nPass --helpshort or --helpfull to see help on flags.")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        detail = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+        sys.exit(f"score_sde: error: a config override is not valid ({detail}); "
+                 f"overrides given: {' '.join(bad)}")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # keep library INFO logs (orbax) off the console
+        logging.set_verbosity(logging.WARNING)
+    from score_sde import parallel
+
+    try:
+        if FLAGS.mode not in MODES:
+            raise ValueError(f"--mode={FLAGS.mode!r} is not a mode; choose one of "
+                             f"{sorted(MODES)}")
+        parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                            auto=FLAGS.distributed)
+        import jax
+
+        if jax.process_index() == 0:
+            print(f"score_sde: --mode={FLAGS.mode} --workdir={FLAGS.workdir} on "
+                  f"{jax.device_count()} {jax.default_backend()} device(s), "
+                  f"{jax.process_count()} process(es)", flush=True)
+        run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+    except USER_ERRORS as e:
+        if FLAGS.traceback:
+            traceback.print_exc()
+        print(f"score_sde: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,288 @@
+"""The training loop (the reference's run_lib.train) over a device mesh.
+
+One jitted call runs `config.training.n_jitted_steps` optimiser steps (`lax.scan` over a
+stacked batch) with the state replicated and the batch sharded on the mesh's 'data' axis; the
+state buffers are donated. The host waits for the device only every `training.log_freq` steps
+and before a checkpoint is written, and a NaN/Inf loss found then stops the run before anything
+non-finite is saved.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde import checkpoints, datasets, losses, parallel, sde_lib
+from score_sde import logging_utils as log
+
+# Donation is a no-op on the CPU backend; the warning says so on every compile.
+warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf."""
+
+
+def _training_field(config, name: str, default=None):
+    return config.training.get(name, default)
+
+
+def check_config(config, mesh) -> int:
+    """Validate the fields the loop depends on; returns n_jitted_steps."""
+    tr = config.training
+    n_jit = int(_training_field(config, "n_jitted_steps", 1))
+    if n_jit < 1:
+        raise ValueError(f"config.training.n_jitted_steps={n_jit} must be >= 1")
+    for name in ("n_iters", "log_freq", "eval_freq", "snapshot_freq",
+                 "snapshot_freq_for_preemption"):
+        value = int(tr[name])
+        if value <= 0 or value % n_jit:
+            raise ValueError(f"config.training.{name}={value} must be a positive multiple of "
+                             f"config.training.n_jitted_steps={n_jit}")
+    parallel.check_batch_size(int(tr.batch_size), "config.training.batch_size", mesh)
+    parallel.check_batch_size(int(config.eval.batch_size), "config.eval.batch_size", mesh)
+    return n_jit
+
+
+def _unrolled(step_fn, state, batches):
+    """The steps one after another in the program (no loop), as lax.scan returns them."""
+    n = jax.tree.leaves(batches)[0].shape[0]
+    step_losses = []
+    for i in range(n):
+        state, loss = step_fn(state, jax.tree.map(lambda x, i=i: x[i], batches))
+        step_losses.append(loss)
+    return state, jnp.stack(step_losses)
+
+
+def make_train_call(step_fn, mesh, scaler, use_scan: bool | None = None):
+    """jit(state, stacked_batch) -> (state, losses (n,)): n steps of `step_fn`.
+
+    The steps run as a lax.scan on accelerators; on the CPU backend (where XLA runs the
+    convolutions inside a loop body many times slower) and for a single step they are unrolled.
+    """
+    rep = parallel.replicated(mesh)
+    if use_scan is None:
+        use_scan = mesh.devices.flat[0].platform != "cpu"
+
+    def call(state, batches):
+        batches = dict(batches, image=scaler(batches["image"]))
+        if use_scan and batches["image"].shape[0] > 1:
+            return jax.lax.scan(step_fn, state, batches)
+        return _unrolled(step_fn, state, batches)
+
+    return jax.jit(call, in_shardings=(rep, parallel.data_sharding(mesh, 1)),
+                   out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+def make_eval_call(eval_step_fn, mesh, scaler):
+    """jit(state, batch) -> loss, evaluation loss of the EMA parameters."""
+    rep = parallel.replicated(mesh)
+
+    def call(state, batch):
+        return eval_step_fn(state, dict(batch, image=scaler(batch["image"])))[1]
+
+    return jax.jit(call, in_shardings=(rep, parallel.data_sharding(mesh)), out_shardings=rep)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+class Trainer:
+    """Everything `train` builds once: mesh, SDE, model, optimiser, jitted calls, data."""
+
+    def __init__(self, config, workdir: str | Path):
+        self.config, self.workdir = config, Path(workdir)
+        self.mesh = parallel.make_mesh()
+        self.n_jit = check_config(config, self.mesh)
+        self.sde, self.eps = sde_lib.get_sde(config)
+        from score_sde import models
+
+        self.model = models.get_model(config)
+        self.optimizer = losses.get_optimizer(config)
+        self.scaler = datasets.get_data_scaler(config)
+        self.inverse_scaler = datasets.get_data_inverse_scaler(config)
+        self.train_call = make_train_call(
+            losses.get_step_fn(config, self.sde, self.model, self.optimizer, train=True),
+            self.mesh, self.scaler)
+        self.eval_call = make_eval_call(
+            losses.get_step_fn(config, self.sde, self.model, self.optimizer, train=False),
+            self.mesh, self.scaler)
+        self.train_ds = datasets.get_dataset(config, "train")
+        self.eval_ds = datasets.get_dataset(config, "test")
+
+    def init_state(self) -> losses.TrainState:
+        rng = jax.random.PRNGKey(int(self.config.seed))
+        state = jax.jit(lambda r: losses.init_train_state(r, self.config, self.model,
+                                                          self.optimizer))(rng)
+        return parallel.replicate(jax.device_get(state), self.mesh)
+
+    def stacked_batch(self, batches) -> dict[str, jax.Array]:
+        stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+        return parallel.shard_batch(stacked, self.mesh, leading_axes=1)
+
+    def eval_loss(self, state, step: int) -> jax.Array:
+        """Loss of one test batch (cycling through the split), with its own PRNG key."""
+        ds = self.eval_ds
+        index = (step // int(self.config.training.eval_freq)) % ds.num_batches
+        batch = parallel.shard_batch(ds.batch(index), self.mesh)
+        key = jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed) + 1), step)
+        return self.eval_call(state.replace(rng=parallel.replicate(key, self.mesh)), batch)
+
+
+def _crossed(step: int, freq: int) -> bool:
+    return step % freq == 0
+
+
+def train(config, workdir: str | Path, init_from_published: str | None = None
+          ) -> losses.TrainState:
+    """Train from scratch, from the newest checkpoint in workdir, or from published weights.
+
+    Writes workdir/checkpoints, workdir/checkpoints-meta, workdir/tensorboard,
+    workdir/metrics.jsonl, workdir/samples/iter_<step>/ (snapshot sampling) and workdir/loss.png.
+    """
+    tr = config.training
+    workdir = Path(workdir)
+    t = Trainer(config, workdir)
+    ckpts = checkpoints.Checkpoints(workdir)
+    writer = log.MetricWriter(workdir)
+    state, resumed = ckpts.restore_latest(t.init_state())
+    if resumed is not None:
+        log.say(f"Resuming from the checkpoint at step {resumed} in {workdir}"
+                + (" (--init_from_published is ignored)" if init_from_published else ""))
+    elif init_from_published:
+        state = parallel.replicate(
+            checkpoints.state_from_published(jax.device_get(state), init_from_published, config),
+            t.mesh)
+        log.say(f"Starting from the published checkpoint {init_from_published}")
+    else:
+        log.say(f"Starting a new run in {workdir}")
+    step = int(jax.device_get(state.step))
+    n_iters = int(tr.n_iters)
+    log.say(f"Training {config.model.name} on {config.data.dataset} "
+            f"({config.data.image_size}x{config.data.image_size}x{config.data.num_channels}) "
+            f"for {n_iters} steps, global batch {tr.batch_size} on {jax.device_count()} "
+            f"device(s) / {jax.process_count()} process(es), {t.n_jit} step(s) per call")
+    bad = jnp.bool_(False)
+    last_good_ckpt = resumed
+    data = t.train_ds.iterate(start=step, stop=n_iters)
+    bar = log.progress(total=n_iters, initial=step, desc="train", unit="step")
+    tick, tick_step = time.perf_counter(), step
+    sampler = None
+    try:
+        while step < n_iters:
+            batch = t.stacked_batch([next(data) for _ in range(t.n_jit)])
+            state, step_losses = t.train_call(state, batch)
+            bad = bad | ~jnp.all(jnp.isfinite(step_losses))
+            step += t.n_jit
+            bar.update(t.n_jit)
+            if _crossed(step, int(tr.log_freq)):
+                _check_finite(bad, step, last_good_ckpt, workdir)
+                now = time.perf_counter()
+                rate = (step - tick_step) / max(now - tick, 1e-9)
+                tick, tick_step = now, step
+                writer.scalars(step, {"train/loss": float(step_losses[-1]),
+                                      "train/steps_per_sec": rate})
+            if _crossed(step, int(tr.eval_freq)):
+                writer.scalars(step, {"eval/loss": float(t.eval_loss(state, step))})
+            snapshot = _crossed(step, int(tr.snapshot_freq)) or step == n_iters
+            if snapshot or _crossed(step, int(tr.snapshot_freq_for_preemption)):
+                _check_finite(bad, step, last_good_ckpt, workdir)
+                if not bool(_all_finite(state.params)):
+                    _raise_nonfinite(step, last_good_ckpt, workdir, what="parameters")
+                if snapshot:
+                    ckpts.save_snapshot(step, state)
+                else:
+                    ckpts.save_preemption(step, state)
+                last_good_ckpt = step
+            if snapshot and tr.get("snapshot_sampling", False):
+                sampler = sampler or Sampler(config, t.sde, t.eps, t.model, t.mesh,
+                                             n=int(tr.batch_size))
+                _snapshot_samples(sampler, state, step, workdir, writer, config)
+    finally:
+        bar.close()
+        ckpts.wait()
+        ckpts.close()
+        writer.close()
+    figure = log.plot_losses(workdir)
+    log.say(f"Training done at step {step}; checkpoints in {workdir / checkpoints.SNAPSHOT_DIR}"
+            + (f"; loss curve {figure}" if figure else ""))
+    return state
+
+
+def _check_finite(bad: jax.Array, step: int, last_good: int | None, workdir: Path) -> None:
+    if bool(bad):
+        _raise_nonfinite(step, last_good, workdir, what="loss")
+
+
+def _raise_nonfinite(step: int, last_good: int | None, workdir: Path, what: str):
+    kept = (f"the last good checkpoint (step {last_good}) is kept in {workdir}"
+            if last_good is not None else "no checkpoint was written")
+    raise NonFiniteLossError(
+        f"the training {what} became NaN/Inf at or before step {step}; stopping without saving "
+        f"it; {kept}. Try a lower config.optim.lr or config.optim.grad_clip >= 0.")
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+class Sampler:
+    """A jitted sampler of `n` images (default eval.batch_size) sharded over the mesh:
+    `(params, rng) -> (images in [0, 1], nfe)`. Snapshots draw training.batch_size, as published.
+    """
+
+    def __init__(self, config, sde, eps: float, model, mesh, n: int | None = None):
+        from score_sde.models import utils as mutils
+        from score_sde.sampling import get_sampler_from_config
+
+        self.n = int(n or config.eval.batch_size)
+        parallel.check_batch_size(self.n, "config.eval.batch_size", mesh)
+        d = config.data
+        shape = (self.n, d.image_size, d.image_size, d.num_channels)
+        sample = get_sampler_from_config(config, sde, shape, eps,
+                                         sharding=parallel.data_sharding(mesh))
+        num_classes = int(config.model.get("num_classes", 0))
+        labels = jnp.arange(self.n) % num_classes if num_classes > 0 else None
+        continuous = bool(config.training.continuous)
+        inverse = datasets.get_data_inverse_scaler(config)
+
+        def run(params, rng):
+            score_fn = mutils.get_score_fn(sde, model, params, train=False,
+                                           continuous=continuous, labels=labels)
+            x, nfe = sample(rng, score_fn)
+            return jnp.clip(inverse(x), 0.0, 1.0), nfe
+
+        rep = parallel.replicated(mesh)
+        self.mesh = mesh
+        self._run = jax.jit(run, in_shardings=(rep, rep),
+                            out_shardings=(parallel.data_sharding(mesh), rep))
+
+    def __call__(self, params, rng) -> tuple[jax.Array, int]:
+        images, nfe = self._run(params, parallel.replicate(rng, self.mesh))
+        return images, int(jax.device_get(nfe))
+
+
+def _snapshot_samples(sampler: Sampler, state, step: int, workdir: Path, writer, config) -> None:
+    rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 2), step)
+    images, nfe = sampler(state.ema_params, rng)
+    images = parallel.to_host(images)
+    if log.is_main():
+        out = workdir / "samples" / f"iter_{step}"
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out / "sample.npz", samples=log.to_uint8(images))
+        path = log.save_image_grid(out / "sample.png", images)
+        writer.image(step, "samples", log.image_grid(images))
+        log.say(f"Wrote {len(images)} samples ({nfe} score evaluations each) to {path}")
+
+
+def params_for(state: Any, use_ema: bool = True) -> Any:
+    return state.ema_params if use_ema else state.params

@@ -1,0 +1,86 @@
+"""Evaluation, sampling, likelihood and conversion modes on a tiny trained workdir."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from score_sde import checkpoints, evaluate, train
+from tests import driver_configs
+
+EVAL = {"training.n_iters": 4, "training.log_freq": 2, "training.eval_freq": 4,
+        "training.snapshot_freq": 2, "training.snapshot_freq_for_preemption": 2,
+        "eval.batch_size": 184, "eval.num_samples": 300, "eval.begin_ckpt": 2,
+        "eval.end_ckpt": 2, "eval.enable_sampling": True, "eval.enable_bpd": True,
+        "model.num_scales": 10}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    config = driver_configs.tiny(EVAL)
+    config.eval.likelihood_rtol = config.eval.likelihood_atol = 1e-3
+    workdir = tmp_path_factory.mktemp("trained")
+    train.train(config, workdir)
+    return config, workdir
+
+
+def test_eval_sample_and_likelihood_modes(trained, monkeypatch):
+    """One test (one trained workdir per test worker): eval, then sample, then likelihood."""
+    config, workdir = trained
+    seen = []
+    monkeypatch.setitem(evaluate.EVAL_HOOKS, "count",
+                        lambda cfg, sample_dir, step: seen.append(sample_dir) or {"n": 1.0})
+    results = evaluate.evaluate(config, workdir, "eval")
+    assert list(results) == [4]  # only snapshot index 2 (step 4 // 2) is chosen
+    out = workdir / "eval" / "step_4"
+    res = results[4]
+    assert np.isfinite(res["eval/loss"]) and 0.0 < res["eval/bpd"] < 20.0
+    assert len(np.load(out / "bpd_0.npz")["bpd"]) == 360  # the whole test split, padding dropped
+    files = evaluate.sample_files(out)
+    assert [f.name for f in files] == ["samples_0.npz", "samples_1.npz"]  # 300 in rounds of 184
+    samples = np.load(files[0])["samples"]
+    assert samples.shape == (184, 8, 8, 1) and samples.dtype == np.uint8
+    assert seen == [out] and res["n"] == 1.0
+    assert json.loads((out / "metrics.json").read_text())["eval/loss"] == res["eval/loss"]
+
+    # a restart recomputes nothing that is on disk: the files stay untouched
+    stamps = {f: f.stat().st_mtime_ns for f in [*files, out / "bpd_0.npz", out / "loss.json"]}
+    again = evaluate.evaluate(config, workdir, "eval")
+    assert again[4]["eval/loss"] == res["eval/loss"]
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
+
+    # --mode sample
+    path = evaluate.sample(config, workdir, "eval")
+    assert path == workdir / "eval" / "samples_step_4.png" and path.stat().st_size > 100
+    assert np.load(workdir / "eval" / "samples_step_4.npz")["samples"].shape[0] == 64
+
+    # --mode likelihood
+    bpd = evaluate.likelihood(config, workdir, "eval")
+    assert 0.0 < bpd < 20.0
+    assert json.loads((workdir / "eval" / "bpd_step_4.json").read_text())["n"] == 360
+
+    # a checkpoint range that matches no snapshot
+    config = driver_configs.tiny({**EVAL, "eval.begin_ckpt": 7, "eval.end_ckpt": 9})
+    with pytest.raises(FileNotFoundError, match=r"config.eval.begin_ckpt=7.*\[2, 4\]"):
+        evaluate.evaluate(config, workdir, "eval")
+
+
+@pytest.mark.slow
+def test_convert_published_checkpoint(tmp_path):
+    from score_sde.published import load_published
+    from tests.test_published import FIXTURES, fixture_config
+
+    config = fixture_config("vp_ddpmpp")
+    folder = f"{FIXTURES}/vp_ddpmpp/checkpoint_26"
+    path = evaluate.convert(config, tmp_path, folder)
+    assert path == tmp_path / checkpoints.SNAPSHOT_DIR / "1300000"
+    restorer = evaluate.Restorer(config, tmp_path)
+    state, step = restorer.restore()
+    restorer.close()
+    assert step == 1300000 and int(state.step) == 1300000
+    want = load_published(folder, config, use_ema=True)
+    for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(FileExistsError, match="already has checkpoints"):
+        evaluate.convert(config, tmp_path, folder)
