@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="score_sde",
     version="0.1.0",
-    description="Score-based generative models through stochastic differential equations (JAX/Flax)",
+    description="Score-based generative models through SDEs, in JAX/Flax",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",

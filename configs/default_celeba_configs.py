@@ -29,6 +29,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.snr = 0.17
 
     config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.ckpt = -1  # snapshot for sample/likelihood (step = ckpt * snapshot_freq); -1 = newest
+    evaluate.fid_stats = ''  # reference .npz of --mode fid_stats, for FID/KID in eval mode
+    evaluate.inception_weights = ''  # FID Inception weights file (.pth or .msgpack), user-supplied
     evaluate.begin_ckpt = 1
     evaluate.end_ckpt = 26
     evaluate.batch_size = 1024
@@ -39,6 +42,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.bpd_dataset = 'test'
 
     config.data = data = ml_collections.ConfigDict()
+    data.data_dir = ''  # tfds data_dir or an image folder; '' = TFDS_DATA_DIR / tfds default
     data.dataset = 'CELEBA'
     data.image_size = 64
     data.random_flip = True

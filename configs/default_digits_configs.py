@@ -33,6 +33,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.snr = 0.16
 
     config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.ckpt = -1  # snapshot for sample/likelihood (step = ckpt * snapshot_freq); -1 = newest
+    evaluate.fid_stats = ''  # reference .npz of --mode fid_stats, for FID/KID in eval mode
+    evaluate.inception_weights = ''  # FID Inception weights file (.pth or .msgpack), user-supplied
     evaluate.begin_ckpt = 1
     evaluate.end_ckpt = 3
     evaluate.batch_size = 256
@@ -43,6 +46,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.bpd_dataset = 'test'
 
     config.data = data = ml_collections.ConfigDict()
+    data.data_dir = ''  # tfds data_dir or an image folder; '' = TFDS_DATA_DIR / tfds default
     data.dataset = 'digits'
     data.image_size = 8
     data.random_flip = False  # digits are not mirror-symmetric

@@ -8,7 +8,8 @@ model's range, and optionally 'label' (B,) int class labels for class-conditiona
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -146,7 +147,7 @@ def get_smld_loss_fn(vesde: sde_lib.VESDE, model, train: bool, reduce_mean: bool
 
 def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, model, train: bool, reduce_mean: bool = True,
                      num_classes: int = 0, class_dropout: float = 0.0) -> LossFn:
-    """DDPM loss: the network predicts the noise eps of x_i = sqrt(abar_i) x0 + sqrt(1-abar_i) eps."""
+    """DDPM loss: the network predicts eps in x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps."""
     if not isinstance(vpsde, sde_lib.VPSDE):
         raise ValueError("the discrete DDPM loss needs config.training.sde='vpsde'")
     alphas_cumprod = np.asarray(vpsde.alphas_cumprod)
@@ -177,7 +178,8 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> LossFn:
                                likelihood_weighting=tr.likelihood_weighting,
                                eps=float(tr.get("eps", 1e-5)), **cond)
     if tr.likelihood_weighting:
-        raise ValueError("config.training.likelihood_weighting needs config.training.continuous=True")
+        raise ValueError(
+            "config.training.likelihood_weighting needs config.training.continuous=True")
     if isinstance(sde, sde_lib.VESDE):
         return get_smld_loss_fn(sde, model, train, reduce_mean=tr.reduce_mean, **cond)
     if isinstance(sde, sde_lib.VPSDE):

@@ -6,6 +6,11 @@ Modes (the MODES table; other modules add theirs with `@register_mode(name)`):
   sample      a grid of samples from the newest (or config.eval.ckpt) checkpoint
   likelihood  bits/dim of the test split
   convert     a published checkpoint (--init_from_published PATH) -> workdir/checkpoints/0
+  fid_stats   reference statistics of a dataset split for FID/KID/IS (digits FD on digits)
+  inpaint     fill the masked pixels of --input images (--mask); grid input | observed | result
+  colorize    colour the grey version of --input images (colour models)
+  edit        SDEdit: perturb --input images to time --t0 and solve back
+  train_classifier  a noise-conditional classifier for classifier guidance (config.classifier)
 
 Config values are overridden on the command line, e.g. `--config.training.n_iters=2000`.
 Multi-host: --coordinator_address/--num_processes/--process_id, or --distributed to read the
@@ -35,6 +40,14 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 flags.DEFINE_bool("distributed", False,
                   "Call jax.distributed.initialize() from the cluster environment.")
 flags.DEFINE_bool("traceback", False, "Show the full traceback of errors.")
+flags.DEFINE_string("input", None, "Images to edit: a PNG, a folder of PNGs or an .npz "
+                    "(default: the first --num_images test images).")
+flags.DEFINE_string("mask", "right_half", "Inpainting mask: a PNG/.npz (1 = known pixel) or one "
+                    "of left_half, right_half, top_half, bottom_half, center, random.")
+flags.DEFINE_float("t0", 0.5, "SDEdit start time in (0, T].")
+flags.DEFINE_float("noise_std", 0.0, "SDEdit: Gaussian noise added to the inputs first.")
+flags.DEFINE_integer("num_images", 16, "Number of images for inpaint / colorize / edit.")
+flags.DEFINE_string("split", "train", "Dataset split of --mode fid_stats.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 Mode = Callable[[object, str], object]
@@ -63,7 +76,7 @@ def _train(config, workdir):
 
 @register_mode("eval")
 def _eval(config, workdir):
-    from score_sde import evaluate
+    from score_sde import evaluate, sample_quality  # noqa: F401  (registers the metrics hook)
 
     return evaluate.evaluate(config, workdir, FLAGS.eval_folder)
 
@@ -90,6 +103,43 @@ def _convert(config, workdir):
         raise ValueError("--mode convert needs --init_from_published PATH (a checkpoint of the "
                          "published score_sde code)")
     return evaluate.convert(config, workdir, FLAGS.init_from_published)
+
+
+@register_mode("fid_stats")
+def _fid_stats(config, workdir):
+    from score_sde import sample_quality
+
+    return sample_quality.fid_stats(config, workdir, FLAGS.eval_folder, FLAGS.split)
+
+
+@register_mode("inpaint")
+def _inpaint(config, workdir):
+    from score_sde import editing_modes
+
+    return editing_modes.inpaint(config, workdir, input=FLAGS.input, mask=FLAGS.mask,
+                                 n=FLAGS.num_images)
+
+
+@register_mode("colorize")
+def _colorize(config, workdir):
+    from score_sde import editing_modes
+
+    return editing_modes.colorize(config, workdir, input=FLAGS.input, n=FLAGS.num_images)
+
+
+@register_mode("edit")
+def _edit(config, workdir):
+    from score_sde import editing_modes
+
+    return editing_modes.edit(config, workdir, input=FLAGS.input, t0=FLAGS.t0,
+                              noise_std=FLAGS.noise_std, n=FLAGS.num_images)
+
+
+@register_mode("train_classifier")
+def _train_classifier(config, workdir):
+    from score_sde import editing_modes
+
+    return editing_modes.train_classifier(config, workdir)
 
 
 def run(mode: str, config, workdir: str) -> object:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +50,7 @@ class SDE(abc.ABC):
 
     @abc.abstractmethod
     def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
-        """alpha(t), sigma(t) of the perturbation kernel p_0t(x_t | x_0) = N(alpha x_0, sigma^2 I)."""
+        """alpha(t), sigma(t) of the perturbation kernel p_0t(x_t | x_0) = N(alpha x_0, sigma^2)."""
 
     @abc.abstractmethod
     def t_from_log_snr(self, log_snr: Array) -> Array:
@@ -79,7 +79,7 @@ class SDE(abc.ABC):
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * np.sqrt(dt)
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (or the probability-flow ODE) driven by `score_fn`."""
         return ReverseSDE(self, score_fn, probability_flow)
 

@@ -31,6 +31,9 @@ def get_config():
     sampling.noise_removal = True
 
     config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.ckpt = -1  # snapshot for sample/likelihood (step = ckpt * snapshot_freq); -1 = newest
+    evaluate.fid_stats = ''  # reference .npz of --mode fid_stats, for FID/KID in eval mode
+    evaluate.inception_weights = ''  # FID Inception weights file (.pth or .msgpack), user-supplied
     evaluate.batch_size = 1024
     evaluate.num_samples = 50000
     evaluate.begin_ckpt = 1
@@ -42,6 +45,7 @@ def get_config():
     evaluate.bpd_dataset = 'test'
 
     config.data = data = ml_collections.ConfigDict()
+    data.data_dir = ''  # tfds data_dir or an image folder; '' = TFDS_DATA_DIR / tfds default
     data.dataset = 'CelebAHQ'
     data.image_size = 1024
     data.centered = False

@@ -1,0 +1,75 @@
+"""Sample quality in the driver: reference statistics of a dataset and the eval-mode scores.
+
+`--mode fid_stats` writes the reference statistics of config.data's split (mu, sigma, features)
+to workdir/<eval_folder>/fid_stats_<dataset>_<split>.npz. Eval mode then scores every
+evaluated checkpoint's sample .npz files: digits FD (the offline metric, no file needed) for the
+embedded digits data, and FID / KID / IS against config.eval.fid_stats with the Inception weights
+of config.eval.inception_weights (a file the user supplies; nothing is downloaded) otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from score_sde import datasets, evaluate
+from score_sde import logging_utils as log
+from score_sde.metrics import stats
+
+
+def _feature_kind(config) -> str:
+    return "digits" if str(config.data.dataset).lower() == "digits" else "inception"
+
+
+def _inception_weights(config) -> str:
+    path = config.eval.get("inception_weights", "")
+    if not path:
+        raise FileNotFoundError(
+            "config.eval.inception_weights is not set: FID/KID/IS need the standard FID "
+            "Inception weights (pytorch-fid's pt_inception-2015-12-05 .pth, or its .msgpack from "
+            "`python -m score_sde.metrics.inception IN.pth OUT.msgpack`)")
+    return str(path)
+
+
+def _images01(config, split: str):
+    """The split's images in [0, 1], one batch at a time (this host's share)."""
+    inverse = datasets.get_data_inverse_scaler(config)
+    pipeline = datasets.get_dataset(config, split, shuffle=False, pad_last=True)
+    for batch in pipeline.iterate():
+        images = np.asarray(batch["image"])[np.asarray(batch["mask"], bool)]
+        yield np.clip(np.asarray(inverse(images)), 0.0, 1.0)
+
+
+def fid_stats(config, workdir: str | Path, eval_folder: str = "eval",
+              split: str = "train") -> Path:
+    """Write the reference statistics of config.data's `split` for the sample metrics."""
+    kind = _feature_kind(config)
+    out = Path(workdir) / eval_folder / f"fid_stats_{config.data.dataset}_{split}.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log.say(f"Computing {kind} reference statistics of {config.data.dataset}/{split} -> {out}")
+    weights = _inception_weights(config) if kind == "inception" else None
+    stats.dataset_statistics(_images01(config, split), kind, inception_weights=weights,
+                             out_path=out)
+    return out
+
+
+@evaluate.register_eval_hook("sample_quality")
+def score_samples(config, sample_dir: Path, step: int) -> dict[str, float]:
+    """digits FD, or FID/KID/IS, of one checkpoint's samples (skipped without reference stats)."""
+    files = evaluate.sample_files(sample_dir)
+    if not files:
+        return {}
+    samples = np.concatenate([np.load(f)["samples"] for f in files])
+    kind = _feature_kind(config)
+    if kind == "digits":
+        scores = stats.evaluate_samples(samples, None, "digits")
+    else:
+        ref = config.eval.get("fid_stats", "")
+        if not ref or not Path(ref).exists():
+            log.say("No FID reference statistics (config.eval.fid_stats): run --mode fid_stats "
+                    "and set config.eval.fid_stats to its .npz to get FID/KID/IS")
+            return {}
+        scores = stats.evaluate_samples(samples, ref, "inception",
+                                        inception_weights=_inception_weights(config))
+    return {f"eval/{k}": float(v) for k, v in scores.items()}
