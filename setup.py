@@ -35,6 +35,8 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "torch==2.13.0",
                  "torchvision==0.28.0", "pytorch-fid==0.3.0",
                  # the notebooks run top to bottom in the tests
-                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
+                 # the tfds data_source pipeline is tested on tfds.testing.mock_data
+                 "tensorflow-datasets>=4.9.7", "grain>=0.2.10", "array_record>=0.5"],
     },
 )
