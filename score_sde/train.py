@@ -250,14 +250,21 @@ class Sampler:
         shape = (self.n, d.image_size, d.image_size, d.num_channels)
         sample = get_sampler_from_config(config, sde, shape, eps,
                                          sharding=parallel.data_sharding(mesh))
-        num_classes = int(config.model.get("num_classes", 0))
-        labels = jnp.arange(self.n) % num_classes if num_classes > 0 else None
+        labels = _class_labels(config, self.n)
         continuous = bool(config.training.continuous)
         inverse = datasets.get_data_inverse_scaler(config)
 
         def run(params, rng):
-            score_fn = mutils.get_score_fn(sde, model, params, train=False,
-                                           continuous=continuous, labels=labels)
+            if labels is None:
+                score_fn = mutils.get_score_fn(sde, model, params, train=False,
+                                               continuous=continuous)
+            else:  # class-conditional: classifier-free guidance with sampling.guidance_scale
+                from score_sde import controllable
+
+                cond = controllable.model_conditional_score_fn(sde, model, params, continuous)
+                score_fn = controllable.cfg_from_model(
+                    cond, labels, int(config.model.num_classes),
+                    float(config.sampling.get("guidance_scale", 0.0)))
             x, nfe = sample(rng, score_fn)
             return jnp.clip(inverse(x), 0.0, 1.0), nfe
 
@@ -269,6 +276,18 @@ class Sampler:
     def __call__(self, params, rng) -> tuple[jax.Array, int]:
         images, nfe = self._run(params, parallel.replicate(rng, self.mesh))
         return images, int(jax.device_get(nfe))
+
+
+def _class_labels(config, n: int) -> jax.Array | None:
+    """Labels of a class-conditional model's samples: sampling.class_labels (or 0..K-1) cycled."""
+    num_classes = int(config.model.get("num_classes", 0))
+    if num_classes <= 0:
+        return None
+    chosen = tuple(config.sampling.get("class_labels", ())) or tuple(range(num_classes))
+    bad = [c for c in chosen if not 0 <= int(c) < num_classes]
+    if bad:
+        raise ValueError(f"config.sampling.class_labels has {bad}, outside 0..{num_classes - 1}")
+    return jnp.asarray(chosen, jnp.int32)[jnp.arange(n) % len(chosen)]
 
 
 def _snapshot_samples(sampler: Sampler, state, step: int, workdir: Path, writer, config) -> None:
