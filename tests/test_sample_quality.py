@@ -45,3 +45,29 @@ def test_inception_metrics_need_weights(config):
     config.data.dataset = "CIFAR10"
     with pytest.raises(FileNotFoundError, match="config.eval.inception_weights"):
         sample_quality._inception_weights(config)
+
+
+@pytest.mark.slow
+def test_fid_stats_mode_on_mock_tfds_dataset(config, tmp_path):
+    """fid_stats of a tfds dataset (mock CIFAR-10, no download) through the Inception path."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import jax
+
+    from score_sde.metrics import inception as inc
+
+    rng = np.random.default_rng(0)
+    variables = jax.tree_util.tree_map(
+        lambda s: (0.5 + rng.uniform(size=s) if len(s) == 1 else
+                   rng.normal(size=s) * (2.0 / np.prod(s[:-1])) ** 0.5).astype(np.float32),
+        inc._variable_shapes(), is_leaf=lambda s: isinstance(s, tuple))
+    weights = tmp_path / "inception.msgpack"
+    inc.save_inception_variables(weights, variables)
+    config = config.copy_and_resolve_references()
+    config.data.update(dataset="CIFAR10", num_channels=3, image_size=16, random_flip=False)
+    config.eval.batch_size = 4
+    config.eval.inception_weights = str(weights)
+    with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+        path = sample_quality.fid_stats(config, str(tmp_path), split="test")
+    ref = np.load(path)
+    assert ref["features"].shape == (6, 2048) and ref["mu"].shape == (2048,)
+    assert np.all(np.isfinite(ref["sigma"]))
