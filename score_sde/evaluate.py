@@ -296,7 +296,18 @@ def sample(config, workdir: str | Path, eval_folder: str = "eval") -> Path | Non
     path = log.save_image_grid(out / f"samples_step_{step}.png", images)
     log.say(f"{nfe} score evaluations, {seconds:.1f} s (incl. compilation); grid: {path}; "
             f"arrays: {out / f'samples_step_{step}.npz'}")
+    if str(config.data.dataset).lower() == "digits":
+        _report_digits_fd(np.asarray(images))
     return path
+
+
+def _report_digits_fd(images: np.ndarray) -> None:
+    """digits FD of the samples, next to that of as many real test digits (its floor at this n)."""
+    from score_sde.metrics.digits_classifier import digits_fd, digits_split
+
+    real = digits_split()[2][: len(images)]
+    log.say(f"digits FD of the {len(images)} samples: {digits_fd(images):.2f} "
+            f"({len(real)} real test digits: {digits_fd(real):.2f})")
 
 
 def likelihood(config, workdir: str | Path, eval_folder: str = "eval") -> float:
