@@ -8,15 +8,13 @@ Guidance transforms a score_fn, so it composes with every sampler:
 Inverse problems whose observation is a known part of x in an orthogonal basis (inpainting: a
 pixel mask; colorization: the grey direction of the channels) are solved as published: at every
 step the known part is replaced by the observation perturbed to the current time,
-x_known_t = alpha_t x_known + sigma_t z. That needs the per-step states, so `get_inpainter` /
-`get_colorizer` run their own step loop over the public predictor / corrector registries
-('pc', any predictor and corrector) or over DDIM steps ('ddim'). The replacement is the
-published approximation: it uses the joint score with the known part plugged in, not the
-conditional score (which has an extra term grad_u log p(x_known_0 | x_t)); correctors at the
-last, low-noise steps pull the unknown part towards the exact conditional
-(tests/test_controllable.py measures both). DPM-Solver++ and Heun would take the same merge
-after each step but keep their states inside `score_sde.sampling`; the adaptive ODE solver has
-no fixed steps to merge at.
+x_known_t = alpha_t x_known + sigma_t z. Every fixed-step sampler takes such a merge as its
+`project` argument (after the prior draw and after each update): 'pc' (any predictor and
+corrector), 'ddim', 'heun', 'dpm_solver++'. The adaptive ODE solver has no fixed steps to merge
+at. The replacement is the published approximation: it uses the joint score with the known part
+plugged in, not the conditional score (which has an extra term grad_u log p(x_known_0 | x_t));
+Langevin correctors at the last, low-noise steps pull the unknown part towards the exact
+conditional, the corrector-free samplers keep a bias (tests/test_controllable.py measures both).
 
 SDEdit (Meng et al. 2022) perturbs a guide image to t0 and solves back with any sampler: the
 sampler is built on the SDE restricted to [0, t0] whose "prior" is the perturbed guide.
@@ -25,17 +23,14 @@ sampler is built on the SDE restricted to [0, t0] whose "prior" is the perturbed
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.sampling.common import data_prediction, full_t, prior_sample
-from score_sde.sampling.correctors import get_corrector
-from score_sde.sampling.grids import get_time_grid
-from score_sde.sampling.predictors import get_predictor
+from score_sde.sampling import get_sampler
+from score_sde.sampling.common import full_t
 from score_sde.sde_lib import SDE, ScoreFn, batch_mul
 
 Array = jax.Array
@@ -44,8 +39,11 @@ ConditionalScoreFn = Callable[[Array, Array, Array], Array]
 Sampler = Callable[[Array, ScoreFn], tuple[Array, Array]]
 # update(rng, x, t, t_next) -> (x, x_mean): a predictor / corrector step.
 Update = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
-# merge(rng, x, x_mean, t) -> (x, x_mean): put the observation, perturbed to t, into the state.
+# merge(rng, x, x_mean, t) -> (x, x_mean): put the observation, perturbed to t, into the state;
+# the samplers' `project` argument (score_sde.sampling.common.Project).
 Merge = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
+# Samplers with fixed steps, which take a merge after each (see the module docstring).
+MERGE_SAMPLERS = ("pc", "ddim", "heun", "dpm_solver++")
 
 
 def _batch_labels(labels: Array | int, batch: int) -> Array:
@@ -178,116 +176,30 @@ def colorization_merge(sde: SDE, gray: Array, num_channels: int | None = None) -
     return linear_merge(sde, image, mask, color_basis(c))
 
 
-# ------------------------------------------------------------------- step loops with a merge
+# ----------------------------------------------------------- samplers with a per-step merge
 
 
-@dataclasses.dataclass(frozen=True)
-class _Steps:
-    """A fixed-step sampler as (corrector, predictor) updates on a grid, for merged sampling."""
+def merging_sampler(sde: SDE, shape: tuple[int, ...], sampler: str = "pc", **options):
+    """`get_sampler(sampler, ...)`, checked to take a per-step merge (its `project` argument).
 
-    ts: np.ndarray
-    make: Callable[[ScoreFn], tuple[Update, Update]]
-    nfe_per_step: int
-    noise_removal: bool
-
-
-def _ddim_update(sde: SDE, score_fn: ScoreFn, eta: float) -> Update:
-    """One DDIM step t -> t_next: alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z."""
-    x0_hat = data_prediction(sde, score_fn)
-
-    def update(rng, x, t, t_next):
-        alpha_t, sigma_t = sde.marginal_coeffs(t)
-        alpha_s, sigma_s = sde.marginal_coeffs(t_next)
-        x0 = x0_hat(x, t)
-        eps_hat = batch_mul(1.0 / sigma_t, x - batch_mul(alpha_t, x0))
-        ratio = (alpha_t * sigma_s) / (sigma_t * alpha_s)  # exp(lambda_t - lambda_s) < 1
-        c = eta * sigma_s * jnp.sqrt(jnp.clip(1.0 - ratio**2, 0.0, None))
-        mean = batch_mul(alpha_s, x0) + batch_mul(jnp.sqrt(sigma_s**2 - c**2), eps_hat)
-        z = jax.random.normal(rng, x.shape, x.dtype)
-        return mean + batch_mul(c, z), mean
-
-    return update
-
-
-def _pc_steps(sde: SDE, *, predictor: str = "reverse_diffusion", corrector: str = "langevin",
-              snr: float = 0.16, n_steps_each: int = 1, probability_flow: bool = False,
-              noise_removal: bool = True, n_steps: int | None = None, eps: float = 1e-3,
-              grid: str = "uniform") -> _Steps:
-    pred, corr = get_predictor(predictor), get_corrector(corrector)
-    n_steps = sde.N if n_steps is None else int(n_steps)
-
-    def make(score_fn):
-        return (corr.factory(sde, score_fn, snr, n_steps_each),
-                pred.factory(sde, score_fn, probability_flow))
-
-    return _Steps(get_time_grid(grid, sde, n_steps, eps), make,
-                  pred.nfe + n_steps_each * corr.nfe, noise_removal)
-
-
-def _ddim_steps(sde: SDE, *, nfe: int = 50, eta: float = 0.0, grid: str = "logsnr",
-                eps: float = 1e-3, noise_removal: bool = True) -> _Steps:
-    def make(score_fn):
-        return (lambda rng, x, t, t_next: (x, x)), _ddim_update(sde, score_fn, eta)
-
-    return _Steps(get_time_grid(grid, sde, int(nfe), eps), make, 1, noise_removal)
-
-
-# Samplers whose per-step states a merge can act on (see the module docstring).
-MERGE_SAMPLERS = {"pc": _pc_steps, "ddim": _ddim_steps}
-
-
-def _get_steps(name: str, sde: SDE, options: dict) -> _Steps:
-    if name not in MERGE_SAMPLERS:
-        raise ValueError(
-            f"sampler={name!r} cannot merge an observation at every step; choose one of "
-            f"{sorted(MERGE_SAMPLERS)} (adaptive ODE solvers have no fixed steps to merge at)")
-    factory = MERGE_SAMPLERS[name]
-    allowed = [p for p in inspect.signature(factory).parameters if p != "sde"]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"sampler={name!r} has no option(s) {unknown}; its options: {allowed}")
-    return factory(sde, **options)
-
-
-def merged_sampler(name: str, sde: SDE, shape: tuple[int, ...], **options):
-    """`sample(rng, score_fn, merge) -> (x, nfe)`: sampler `name` with `merge` after every update.
-
-    x_T ~ prior is merged at T; each corrector / predictor step is followed by the merge at the
-    state's new time (the published code merges after the predictor at the old time t; t_next
-    is the time the new state is at). Names: MERGE_SAMPLERS ('pc' options as `pc_sampler`,
-    default reverse_diffusion + langevin like the published inpainter; 'ddim': nfe, eta, grid).
+    'pc' defaults to the published inpainter's reverse_diffusion predictor + langevin corrector.
     """
-    steps = _get_steps(name, sde, options)
-    ts = jnp.asarray(steps.ts)
-    n = len(steps.ts) - 1
-
-    def sample(rng, score_fn, merge):
-        c_update, p_update = steps.make(score_fn)
-        rng, prior_rng, merge_rng = jax.random.split(rng, 3)
-        x = prior_sample(sde, prior_rng, shape)
-        x, x_mean = merge(merge_rng, x, x, full_t(ts[0], x))
-
-        def step(carry, i):
-            x, _ = carry
-            t, t_next = full_t(ts[i], x), full_t(ts[i + 1], x)
-            c_rng, p_rng, m1, m2 = jax.random.split(jax.random.fold_in(rng, i), 4)
-            x, x_mean = merge(m1, *c_update(c_rng, x, t, t_next), t)
-            x, x_mean = merge(m2, *p_update(p_rng, x, t, t_next), t_next)
-            return (x, x_mean), None
-
-        (x, x_mean), _ = jax.lax.scan(step, (x, x_mean), jnp.arange(n))
-        return (x_mean if steps.noise_removal else x), jnp.asarray(n * steps.nfe_per_step,
-                                                                   jnp.int32)
-
-    return sample
+    if sampler not in MERGE_SAMPLERS:
+        raise ValueError(
+            f"sampler={sampler!r} cannot merge an observation at every step; choose one of "
+            f"{list(MERGE_SAMPLERS)} (adaptive ODE solvers have no fixed steps to merge at)")
+    if sampler == "pc":
+        options = {"predictor": "reverse_diffusion", "corrector": "langevin", **options}
+    return get_sampler(sampler, sde, shape, **options)
 
 
 def get_inpainter(sde: SDE, shape: tuple[int, ...], sampler: str = "pc", **options):
     """`inpaint(rng, score_fn, data, mask) -> (x, nfe)`; mask == 1 marks known pixels.
 
-    data (B, ...) of `shape` in the model's (scaled) range; mask broadcastable to it.
+    data (B, ...) of `shape` in the model's (scaled) range; mask broadcastable to it. sampler:
+    one of MERGE_SAMPLERS, with its `get_sampler` options.
     """
-    sample = merged_sampler(sampler, sde, shape, **options)
+    sample = merging_sampler(sde, shape, sampler, **options)
 
     def inpaint(rng, score_fn, data, mask):
         return sample(rng, score_fn, inpainting_merge(sde, data, mask))
@@ -299,8 +211,9 @@ def get_colorizer(sde: SDE, shape: tuple[int, ...], sampler: str = "pc", **optio
     """`colorize(rng, score_fn, gray) -> (x, nfe)`: colour images of `shape` (B, H, W, C).
 
     gray (B, H, W, 1) or (B, H, W, C) in the model's range; its channel mean is kept.
+    sampler: one of MERGE_SAMPLERS, with its `get_sampler` options.
     """
-    sample = merged_sampler(sampler, sde, shape, **options)
+    sample = merging_sampler(sde, shape, sampler, **options)
 
     def colorize(rng, score_fn, gray):
         return sample(rng, score_fn, colorization_merge(sde, gray, shape[-1]))
@@ -367,7 +280,5 @@ def sdedit(sampler: str | Callable[..., Sampler], sde: SDE, guide: Array, t0: fl
         return lambda rng, score_fn: (guide, jnp.asarray(0, jnp.int32))
     start = StartFrom(sde, float(t0), guide, N=max(int(round(sde.N * t0 / sde.T)), 1))
     if isinstance(sampler, str):
-        from score_sde.sampling import get_sampler
-
         return get_sampler(sampler, start, guide.shape, eps=eps, **options)
     return sampler(start, guide.shape, eps=eps, **options)

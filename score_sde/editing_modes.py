@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import controllable as C
-from score_sde import datasets, sde_lib
+from score_sde import datasets, sampling, sde_lib
 from score_sde import logging_utils as log
 
 MASKS = ("left_half", "right_half", "top_half", "bottom_half", "center", "random")
@@ -156,17 +156,23 @@ class _Model:
 
 
 def _merge_options(config) -> tuple[str, dict]:
-    """The step-merging sampler and its options from config.sampling (default: published PC)."""
-    s = config.sampling
-    method = str(s.get("method", "pc")).lower()
-    if method == "ddim":
-        return "ddim", {"nfe": int(s.get("nfe", None) or 100), "eta": float(s.get("eta", 0.0))}
-    if method != "pc":
+    """The step-merging sampler and its options from config.sampling.
+
+    The adaptive ODE sampler cannot merge: PC is used instead. PC without a corrector keeps the
+    replacement method's bias, so it becomes the published inpainter's reverse_diffusion +
+    langevin.
+    """
+    method = str(config.sampling.get("method", "pc")).lower()
+    if method not in C.MERGE_SAMPLERS:
         log.say(f"config.sampling.method={method!r} cannot merge observations per step; "
                 "inpainting/colorization use the PC sampler")
-    return "pc", {"predictor": "reverse_diffusion", "corrector": "langevin",
-                  "snr": float(s.get("snr", 0.16)), "n_steps_each": int(s.get("n_steps_each", 1)),
-                  "noise_removal": bool(s.get("noise_removal", True))}
+        method = "pc"
+    method, options = sampling.sampler_options_from_config(config, method)
+    if method == "pc" and options["corrector"] == "none":
+        log.say("inpainting/colorization with PC: reverse_diffusion predictor + langevin "
+                "corrector (without a corrector the merged samples are biased)")
+        options.update(predictor="reverse_diffusion", corrector="langevin")
+    return method, options
 
 
 def _labels(config, n: int) -> jax.Array | None:
@@ -272,12 +278,10 @@ def edit(config, workdir: str | Path, input: str | None = None, t0: float = 0.5,
         guide = images + noise_std * noise
 
     def build(model, shape, scaler):
-        from score_sde.sampling import get_sampler_from_config
-
         x = scaler(jnp.asarray(guide))
 
         def factory(sde, shape, eps, **_):
-            return get_sampler_from_config(config, sde, shape, eps)
+            return sampling.get_sampler_from_config(config, sde, shape, eps)
 
         return C.sdedit(factory, model.sde, x, float(t0), eps=model.eps)
 

@@ -84,3 +84,18 @@ def test_convert_published_checkpoint(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(FileExistsError, match="already has checkpoints"):
         evaluate.convert(config, tmp_path, folder)
+
+
+@pytest.mark.parametrize("method", ["pc", "dpm_solver++"])
+def test_inpaint_mode_keeps_the_known_pixels(trained, method):
+    from score_sde import editing_modes
+
+    config, workdir = trained
+    config = driver_configs.tiny({**EVAL, "sampling.method": method, "sampling.nfe": 6,
+                                  "model.num_scales": 6})
+    path = editing_modes.inpaint(config, workdir, mask="right_half", n=4, folder=method)
+    assert path.suffix == ".png" and path.stat().st_size > 100
+    saved = np.load(path.with_suffix(".npz"))
+    known = saved["masks"] > 0
+    assert saved["results"].shape == (4, 8, 8, 1) and known.any() and not known.all()
+    np.testing.assert_allclose(saved["results"][known], saved["inputs"][known], atol=1e-3)

@@ -253,3 +253,36 @@ def test_reverse_diffusion_is_ddpm_on_the_published_grid():
     a, b = transition(sde, jnp.asarray(ts[:-1]), jnp.asarray(ts[1:]))
     betas = sde.discrete_betas[::-1]
     np.testing.assert_allclose(np.asarray(b), betas, rtol=0.02, atol=4e-5)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("pc", dict(corrector="langevin", n_steps=5)), ("ddim", dict(nfe=5, eta=1.0)),
+    ("heun", dict(nfe=5, S_churn=5.0)), ("dpm_solver++", dict(nfe=5))],
+    ids=["pc", "ddim", "heun", "dpm_solver++"])
+def test_project_hook_pins_the_state_at_the_step_times(name, options):
+    # A project that pins coordinate 0 to 0.7 perturbed to time t: the output keeps 0.7 there,
+    # the other coordinate is still sampled, nfe is unchanged, and the hook runs at the prior
+    # time T and then at each step's new time, in order (a host callback records them).
+    sde, eps = SDES["vp"]
+    times = []
+
+    def project(rng, x, x_mean, t):
+        jax.debug.callback(lambda t: times.append(float(t[0])), t, ordered=True)
+        alpha, sigma = sde.marginal_coeffs(t)
+        noisy = alpha * 0.7 + sigma * jax.random.normal(rng, t.shape)
+        return x.at[:, 0].set(noisy), x_mean.at[:, 0].set(alpha * 0.7)
+
+    sample = get_sampler(name, sde, (64, 2), eps=eps, **options)
+    score_fn = GMM.perturbed_score_fn(sde)
+    x, nfe = jax.jit(lambda r: sample(r, score_fn, project))(jax.random.PRNGKey(0))
+    _, plain_nfe = sample(jax.random.PRNGKey(0), score_fn)
+    np.testing.assert_allclose(np.asarray(x[:, 0]), 0.7, atol=1e-3)
+    assert int(nfe) == int(plain_nfe) and float(np.std(np.asarray(x[:, 1]))) > 0.1
+    assert times[0] == pytest.approx(sde.T) and times[-1] <= eps + 1e-6
+    assert all(a >= b for a, b in zip(times, times[1:])) and len(set(times)) >= 4
+
+
+def test_ode_sampler_refuses_a_project_hook():
+    sample = get_sampler("ode", *SDES["vp"][:1], (4, 2))
+    with pytest.raises(ValueError, match="no fixed steps"):
+        sample(jax.random.PRNGKey(0), GMM.perturbed_score_fn(SDES["vp"][0]), lambda *a: a[1:3])

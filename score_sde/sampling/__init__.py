@@ -2,8 +2,11 @@
 
 Every sampler is built once (static grids, solver choice) and returns
 `sample(rng, score_fn) -> (x, nfe)`: jit-compatible, loops on device, nfe = the true number of
-score calls. Methods: 'pc' (predictor-corrector), 'ode' (probability flow, diffrax), 'ddim',
-'heun' (EDM), 'dpm_solver++'. Pass `sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the
+score calls. The fixed-step ones also take `sample(rng, score_fn, project)`, a hook
+`project(rng, x, x_mean, t) -> (x, x_mean)` applied after the prior draw and every update
+(inpainting and colorization merge their observation with it: score_sde.controllable).
+Methods: 'pc' (predictor-corrector), 'ode' (probability flow, diffrax), 'ddim', 'heun' (EDM),
+'dpm_solver++'. Pass `sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the
 batch out over devices.
 """
 
@@ -33,7 +36,8 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
 }
 
 __all__ = ["SAMPLERS", "get_sampler", "get_sampler_from_config", "get_time_grid",
-           "register_corrector", "register_grid", "register_predictor"]
+           "register_corrector", "register_grid", "register_predictor",
+           "sampler_options_from_config"]
 
 
 def get_sampler(name: str, sde: SDE, shape: tuple[int, ...], **options) -> Sampler:
@@ -65,22 +69,27 @@ _CONFIG_FIELDS = {
 }
 
 
-def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
-                            sharding=None) -> Sampler:
-    """The sampler named by config.sampling.method, with its options from config.sampling.
+def sampler_options_from_config(config, method: str | None = None) -> tuple[str, dict]:
+    """(method, options) of config.sampling (method: config.sampling.method unless given).
 
     Published fields: method, predictor, corrector, snr, n_steps_each, noise_removal,
     probability_flow. New ones (defaults used when absent): nfe, grid, eta, ode_solver, rtol,
     atol, n_steps, S_churn, S_tmin, S_tmax, S_noise.
     """
-    method = str(config.sampling.method).lower()
+    method = str(method or config.sampling.method).lower()
     if method not in _CONFIG_FIELDS:
-        raise ValueError(f"config.sampling.method={config.sampling.method!r} is not a known "
+        raise ValueError(f"config.sampling.method={method!r} is not a known "
                          f"sampler; choose one of {sorted(_CONFIG_FIELDS)}")
     s = config.sampling
     options = {opt: s.get(field, default) for opt, field, default in _CONFIG_FIELDS[method]}
     if method == "pc":
         options["predictor"] = str(options["predictor"]).lower()
         options["corrector"] = str(options["corrector"]).lower()
-    options = {k: v for k, v in options.items() if v is not None}
+    return method, {k: v for k, v in options.items() if v is not None}
+
+
+def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
+                            sharding=None) -> Sampler:
+    """The sampler named by config.sampling.method, with its options from config.sampling."""
+    method, options = sampler_options_from_config(config)
     return get_sampler(method, sde, shape, eps=eps, sharding=sharding, **options)

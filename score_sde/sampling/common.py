@@ -1,6 +1,9 @@
-"""Pieces every sampler shares: the prior draw, per-example times, the data prediction."""
+"""Pieces every sampler shares: the prior draw, per-example times, the data prediction, the
+per-step projection hook."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +11,11 @@ import jax.numpy as jnp
 from score_sde.sde_lib import SDE, ScoreFn, batch_mul
 
 Array = jax.Array
+# project(rng, x, x_mean, t) -> (x, x_mean): puts a constraint into a sampler's state at time t
+# (t per example, (B,)); inpainting / colorization merge the observation perturbed to t.
+Project = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
+# apply(x, x_mean, t, k): the project step number k of a sampler at scalar time t.
+ProjectStep = Callable[[Array, Array, Array, int | Array], tuple[Array, Array]]
 
 
 def prior_sample(sde: SDE, rng: Array, shape: tuple[int, ...], sharding=None) -> Array:
@@ -44,3 +52,20 @@ def transition(sde: SDE, t: Array, s: Array) -> tuple[Array, Array]:
     alpha_s, _ = sde.marginal_coeffs(s)
     b = sigma_t**2 * -jnp.expm1(2.0 * (sde.log_snr(t) - sde.log_snr(s)))
     return alpha_t / alpha_s, jnp.maximum(b, 0.0)
+
+
+def projection_steps(project: Project | None, rng: Array) -> tuple[Array, ProjectStep]:
+    """(rng for the sampler, apply): `apply(x, x_mean, t, k)` projects with key fold_in(., k).
+
+    Without a project the rng is returned unchanged and apply is the identity, so a sampler
+    draws the same numbers with and without the hook; with one, the projection gets its own key
+    stream split off first.
+    """
+    if project is None:
+        return rng, lambda x, x_mean, t, k: (x, x_mean)
+    rng, project_rng = jax.random.split(rng)
+
+    def apply(x, x_mean, t, k):
+        return project(jax.random.fold_in(project_rng, k), x, x_mean, full_t(t, x))
+
+    return rng, apply

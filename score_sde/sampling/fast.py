@@ -3,6 +3,8 @@
 All work in the (alpha, sigma) parameterisation x_t = alpha x_0 + sigma eps, so one code path
 serves VP, sub-VP and VE: DDIM (Song, Meng & Ermon 2021), EDM's Heun sampler (Karras et al.
 2022, Algorithm 2) and DPM-Solver++(2M) (Lu et al. 2022). `nfe` is the budget of score calls.
+An optional `project(rng, x, x_mean, t)` acts on the prior draw and after every step; the
+sample is then the noise-free x_mean of the last projection.
 
 Default time grids are the best measured on Gaussian mixtures (benchmarks/sampler_accuracy.py,
 geometric mean of FD / floor over 2-D and 64-D data, VP / sub-VP / VE, NFE 5-20): DDIM
@@ -15,7 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.sampling.common import data_prediction, full_t, prior_sample
+from score_sde.sampling.common import (
+    Project,
+    data_prediction,
+    full_t,
+    prior_sample,
+    projection_steps,
+)
 from score_sde.sampling.grids import get_time_grid
 from score_sde.sde_lib import SDE, batch_mul
 
@@ -41,20 +49,23 @@ def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float 
     alpha, sigma, c, keep, t_grid = (jnp.asarray(v, jnp.float32)
                                      for v in (alpha, sigma, c, keep, ts))
 
-    def sample(rng, score_fn):
+    def sample(rng, score_fn, project: Project | None = None):
         x0_hat = data_prediction(sde, score_fn)
+        rng, proj = projection_steps(project, rng)
         rng, prior_rng = jax.random.split(rng)
         x = prior_sample(sde, prior_rng, shape, sharding)
+        x, x_out = proj(x, x, t_grid[0], 0)
 
-        def step(x, i):
+        def step(carry, i):
+            x, _ = carry
             x0 = x0_hat(x, full_t(t_grid[i], x))
             eps_hat = (x - alpha[i] * x0) / sigma[i]
             z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
             x = alpha[i + 1] * x0 + keep[i] * eps_hat + c[i] * z
-            return x, None
+            return proj(x, x, t_grid[i + 1], i + 1), None
 
-        x, _ = jax.lax.scan(step, x, jnp.arange(nfe))
-        return x, jnp.asarray(nfe, jnp.int32)
+        (x, x_out), _ = jax.lax.scan(step, (x, x_out), jnp.arange(nfe))
+        return x_out, jnp.asarray(nfe, jnp.int32)
 
     return sample
 
@@ -82,15 +93,22 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str =
     sig, sig_hat, t_hat, t_grid, churn_std = (
         jnp.asarray(v, jnp.float32) for v in (sig, sig_hat, t_hat, ts, churn_std))
 
-    def sample(rng, score_fn):
+    def sample(rng, score_fn, project: Project | None = None):
         x0_hat = data_prediction(sde, score_fn)
+        rng, proj = projection_steps(project, rng)
         rng, prior_rng = jax.random.split(rng)
         x_T = prior_sample(sde, prior_rng, shape, sharding)
-        alpha_T = sde.marginal_coeffs(full_t(sde.T, x_T))[0]
 
         def denoise(x, t):  # D(x_edm; sigma_edm(t)) through the SDE's own variables
             alpha_t = sde.marginal_coeffs(full_t(t, x))[0]
             return x0_hat(batch_mul(alpha_t, x), full_t(t, x))
+
+        def project_edm(x, t, k):  # the projection of x_edm = x / alpha_t, in x's variables
+            if project is None:
+                return x
+            alpha_t = sde.marginal_coeffs(full_t(t, x))[0]
+            x_sde = batch_mul(alpha_t, x)
+            return batch_mul(1.0 / alpha_t, proj(x_sde, x_sde, t, k)[0])
 
         def churn(x, i):
             z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
@@ -101,11 +119,15 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str =
             d = (x_hat - denoise(x_hat, t_hat[i])) / sig_hat[i]
             x_next = x_hat + (sig[i + 1] - sig_hat[i]) * d
             d_next = (x_next - denoise(x_next, t_grid[i + 1])) / sig[i + 1]
-            return x_hat + (sig[i + 1] - sig_hat[i]) * (0.5 * d + 0.5 * d_next), None
+            x = x_hat + (sig[i + 1] - sig_hat[i]) * (0.5 * d + 0.5 * d_next)
+            return project_edm(x, t_grid[i + 1], i + 1), None
 
-        x, _ = jax.lax.scan(step, batch_mul(1.0 / alpha_T, x_T), jnp.arange(n - 1))
+        alpha_T = sde.marginal_coeffs(full_t(sde.T, x_T))[0]
+        x = project_edm(batch_mul(1.0 / alpha_T, x_T), t_grid[0], 0)
+        x, _ = jax.lax.scan(step, x, jnp.arange(n - 1))
         x_hat = churn(x, n - 1)  # last step: Euler to sigma_edm = 0, i.e. x = D(x_hat)
         x = denoise(x_hat, t_hat[n - 1])
+        _, x = proj(x, x, 0.0, n)
         return x, jnp.asarray(2 * n - 1, jnp.int32)
 
     return sample
@@ -130,20 +152,22 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
         second_order[-1] = False
     second_order = jnp.asarray(second_order)
 
-    def sample(rng, score_fn):
+    def sample(rng, score_fn, project: Project | None = None):
         x0_hat = data_prediction(sde, score_fn)
+        rng, proj = projection_steps(project, rng)
         x = prior_sample(sde, rng, shape, sharding)
+        x, x_out = proj(x, x, t_grid[0], 0)
 
         def step(carry, i):
-            x, x0_prev = carry
+            x, _, x0_prev = carry
             x0 = x0_hat(x, full_t(t_grid[i], x))
             r = h[jnp.maximum(i - 1, 0)] / h[i]
             d2 = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
             d = jnp.where(second_order[i], d2, x0)
             x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * jnp.expm1(-h[i]) * d
-            return (x, x0), None
+            return (*proj(x, x, t_grid[i + 1], i + 1), x0), None
 
-        (x, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x)), jnp.arange(nfe))
-        return x, jnp.asarray(nfe, jnp.int32)
+        (_, x_out, _), _ = jax.lax.scan(step, (x, x_out, jnp.zeros_like(x)), jnp.arange(nfe))
+        return x_out, jnp.asarray(nfe, jnp.int32)
 
     return sample

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from score_sde.sampling.common import full_t, prior_sample
+from score_sde.sampling.common import Project, full_t, prior_sample, projection_steps
 from score_sde.sampling.correctors import get_corrector
 from score_sde.sampling.grids import get_time_grid
 from score_sde.sampling.predictors import get_predictor
@@ -22,6 +22,8 @@ def pc_sampler(sde: SDE, shape: tuple[int, ...], *, predictor: str = "euler_maru
     n_steps defaults to sde.N (the published sampler); `nfe` instead sets the number of steps
     from a budget of score calls. With noise_removal the last predictor step adds no noise.
     nfe returned = steps * (predictor calls + n_steps_each * corrector calls), the true count.
+    `project` (optional) acts on the prior draw and after every corrector and predictor update,
+    at the time the new state is at.
     """
     pred, corr = get_predictor(predictor), get_corrector(corrector)
     per_step = pred.nfe + n_steps_each * corr.nfe
@@ -34,21 +36,23 @@ def pc_sampler(sde: SDE, shape: tuple[int, ...], *, predictor: str = "euler_maru
     ts = jnp.asarray(get_time_grid(grid, sde, n_steps, eps))
     total_nfe = n_steps * per_step
 
-    def sample(rng, score_fn):
+    def sample(rng, score_fn, project: Project | None = None):
         p_update = pred.factory(sde, score_fn, probability_flow)
         c_update = corr.factory(sde, score_fn, snr, n_steps_each)
+        rng, proj = projection_steps(project, rng)
         rng, prior_rng = jax.random.split(rng)
         x = prior_sample(sde, prior_rng, shape, sharding)
+        x, x_mean = proj(x, x, ts[0], 0)
 
         def step(carry, i):
             x, _ = carry
             t, t_next = full_t(ts[i], x), full_t(ts[i + 1], x)
             c_rng, p_rng = jax.random.split(jax.random.fold_in(rng, i))
-            x, x_mean = c_update(c_rng, x, t, t_next)
-            x, x_mean = p_update(p_rng, x, t, t_next)
+            x, x_mean = proj(*c_update(c_rng, x, t, t_next), ts[i], 2 * i + 1)
+            x, x_mean = proj(*p_update(p_rng, x, t, t_next), ts[i + 1], 2 * i + 2)
             return (x, x_mean), None
 
-        (x, x_mean), _ = jax.lax.scan(step, (x, x), jnp.arange(n_steps))
+        (x, x_mean), _ = jax.lax.scan(step, (x, x_mean), jnp.arange(n_steps))
         return (x_mean if noise_removal else x), jnp.asarray(total_nfe, jnp.int32)
 
     return sample
