@@ -2,15 +2,17 @@
 
 For each dataset (a 2-D mixture, a 64-D mixture), SDE (VP, sub-VP, VE) and sampler, draw N
 samples with the exact score and measure two distances to an independent set of N exact samples:
-the Frechet distance (FD) and the sliced 2-Wasserstein distance (SW). The floor is the same
-distance between independent exact sample sets (mean and std over --floor-pairs pairs).
+the Frechet distance (FD) and the sliced 2-Wasserstein distance (SW). With --seeds S each cell
+is S such pairs (independent prior draws and reference sets), reported as mean ± std: one
+pair's FD is as noisy as the floor itself. The floor is the same distance between independent
+exact sample sets (mean and std over --floor-pairs pairs).
 Also: a time-grid study (uniform / quadratic / logsnr / karras at low NFE) and the wall time of
 the on-device diffrax ODE sampler against scipy's RK45 over the same score (host round trips).
 
     nice -n 10 python benchmarks/sampler_accuracy.py              # everything (N = 20000)
     python benchmarks/sampler_accuracy.py --n 4000 --samplers dpm_solver++,heun --skip-grids
 
-Writes benchmarks/results/sampler_accuracy.{json,md,png}.
+Writes <--out, default benchmarks/results>/<--tag>.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -95,6 +97,20 @@ def draw(data, sde, eps, name, options, n, seed):
     return np.asarray(x, np.float64), int(nfe)
 
 
+def seeded_distances(data, sde, eps, name, options, n, seeds, refs) -> dict:
+    """FD and SW of `seeds` independent sets of n samples (one batched draw) to their refs."""
+    x, nfe = draw(data, sde, eps, name, options, n * seeds, seed=11)
+    vals = [distances(x[i * n:(i + 1) * n], refs[i]) for i in range(seeds)]
+    out = {k: float(np.mean([v[k] for v in vals])) for k in ("fd", "sw")}
+    out.update({f"{k}_std": float(np.std([v[k] for v in vals])) for k in ("fd", "sw")})
+    return dict(nfe=nfe, seeds=seeds, **out)
+
+
+def reference_sets(data, n, seeds) -> list[np.ndarray]:
+    ref = np.asarray(data.sample(jax.random.PRNGKey(7), n * seeds), np.float64)
+    return [ref[i * n:(i + 1) * n] for i in range(seeds)]
+
+
 def dim_of(data) -> int:
     return data.base.dim if isinstance(data, Rotated) else data.dim
 
@@ -117,7 +133,7 @@ def floor(data, n, pairs) -> dict:
 def accuracy(datasets, args) -> list[dict]:
     rows = []
     for dname, data in datasets.items():
-        ref = np.asarray(data.sample(jax.random.PRNGKey(7), args.n))
+        refs = reference_sets(data, args.n, args.seeds)
         fl = floor(data, args.n, args.floor_pairs)
         print(f"[{dname}] floor FD {fl['fd'][0]:.4g}±{fl['fd'][1]:.2g} "
               f"SW {fl['sw'][0]:.4g}±{fl['sw'][1]:.2g}", flush=True)
@@ -130,20 +146,20 @@ def accuracy(datasets, args) -> list[dict]:
                     name, options = (("ode", {}) if sampler == "ode"
                                      else SAMPLERS[sampler](budget))
                     t0 = time.time()
-                    x, nfe = draw(data, sde, eps, name, options, args.n, seed=11)
+                    d = seeded_distances(data, sde, eps, name, options, args.n, args.seeds, refs)
                     row = dict(kind="sampler", data=dname, sde=sname, sampler=sampler,
-                               budget=budget, nfe=nfe, seconds=time.time() - t0,
-                               **distances(x, ref))
+                               budget=budget, seconds=time.time() - t0, **d)
                     rows.append(row)
-                    print(f"[{dname} {sname}] {sampler:15s} nfe={nfe:5d} FD {row['fd']:.4g} "
-                          f"SW {row['sw']:.4g} ({row['seconds']:.1f}s)", flush=True)
+                    print(f"[{dname} {sname}] {sampler:15s} nfe={d['nfe']:5d} "
+                          f"FD {d['fd']:.4g}±{d['fd_std']:.2g} SW {d['sw']:.4g}±{d['sw_std']:.2g}"
+                          f" ({row['seconds']:.1f}s)", flush=True)
     return rows
 
 
 def grid_study(datasets, args) -> list[dict]:
     rows = []
     for dname, data in datasets.items():
-        ref = np.asarray(data.sample(jax.random.PRNGKey(7), args.n))
+        ref = reference_sets(data, args.n, 1)[0]
         for sname in args.sdes:
             sde, eps = SDES[sname]
             for sampler in ("ddim", "heun", "dpm_solver++"):
@@ -196,6 +212,13 @@ def ode_timing(datasets, args) -> dict:
 # --- reporting --------------------------------------------------------------------------------
 
 
+def cell(r: dict) -> str:
+    """'FD / SW', each as mean ± std when the row has several seeds."""
+    if r.get("seeds", 1) > 1:
+        return f"{r['fd']:.3g} ± {r['fd_std']:.2g} / {r['sw']:.3g} ± {r['sw_std']:.2g}"
+    return f"{r['fd']:.3g} / {r['sw']:.3g}"
+
+
 def markdown(rows, grids, timing) -> str:
     lines = ["# Sampler accuracy vs NFE (exact Gaussian-mixture scores)", ""]
     floors = {r["data"]: r for r in rows if r["kind"] == "floor"}
@@ -209,7 +232,10 @@ def markdown(rows, grids, timing) -> str:
             if not sub:
                 continue
             budgets = sorted({r["budget"] for r in sub if r["budget"] is not None})
-            lines += [f"### {dname} / {sname} — FD / SW", "",
+            seeds = max(r.get("seeds", 1) for r in sub)
+            title = f"{dname} / {sname} — FD / SW" + (f" (mean ± std over {seeds} seeds)"
+                                                       if seeds > 1 else "")
+            lines += [f"### {title}", "",
                       "| sampler | " + " | ".join(str(b) for b in budgets) + " |",
                       "|---|" + "---|" * len(budgets)]
             for sampler in dict.fromkeys(r["sampler"] for r in sub):
@@ -217,12 +243,12 @@ def markdown(rows, grids, timing) -> str:
                 for b in budgets:
                     r = next((r for r in sub if r["sampler"] == sampler and r["budget"] == b),
                              None)
-                    cells.append("" if r is None else f"{r['fd']:.3g} / {r['sw']:.3g}"
+                    cells.append("" if r is None else cell(r)
                                  + ("" if r["nfe"] == b else f" ({r['nfe']})"))
                 ode = next((r for r in sub if r["sampler"] == sampler and r["budget"] is None),
                            None)
                 if ode is not None:
-                    cells = [f"adaptive: {ode['fd']:.3g} / {ode['sw']:.3g} at {ode['nfe']} NFE"]
+                    cells = [f"adaptive: {cell(ode)} at {ode['nfe']} NFE"]
                     cells += [""] * (len(budgets) - 1)
                 lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -264,9 +290,12 @@ def plot(rows, path):
             ax = axes[i, j]
             sub = [r for r in samp if r["data"] == dname and r["sde"] == sname]
             for sampler in dict.fromkeys(r["sampler"] for r in sub):
-                pts = sorted((r["nfe"], r["fd"]) for r in sub if r["sampler"] == sampler)
+                pts = sorted((r["nfe"], r["fd"], r.get("fd_std", 0.0)) for r in sub
+                             if r["sampler"] == sampler)
+                nfe, fd, std = (np.asarray(v) for v in zip(*pts, strict=True))
                 style = "*" if sampler == "ode" else ".-"
-                ax.plot(*zip(*pts, strict=True), style, label=sampler, ms=8)
+                ax.errorbar(nfe, fd, yerr=np.minimum(std, 0.9 * fd), fmt=style, label=sampler,
+                            ms=8, capsize=2)
             mean, std = floors[dname]["fd"]
             ax.axhspan(max(mean - std, 1e-6), mean + std, color="gray", alpha=0.3, label="floor")
             ax.set(xscale="log", yscale="log", title=f"{dname} / {sname}", xlabel="NFE",
@@ -276,7 +305,7 @@ def plot(rows, path):
     fig.savefig(path, dpi=110)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=20_000, help="samples per set")
     p.add_argument("--samplers", default=",".join(list(SAMPLERS) + ["ode"]))
@@ -284,12 +313,14 @@ def main():
     p.add_argument("--sdes", default="vp,subvp,ve")
     p.add_argument("--data", default="2d,64d")
     p.add_argument("--floor-pairs", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=1, help="independent sample sets per cell")
     p.add_argument("--grid-nfes", default="5,10,20")
     p.add_argument("--skip-grids", action="store_true")
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--timing-n", type=int, default=2000)
     p.add_argument("--tag", default="sampler_accuracy", help="output file stem")
-    args = p.parse_args()
+    p.add_argument("--out", default=str(RESULTS), help="output folder")
+    args = p.parse_args(argv)
     args.samplers = args.samplers.split(",")
     args.nfes = [int(v) for v in args.nfes.split(",")]
     args.grid_nfes = [int(v) for v in args.grid_nfes.split(",")]
@@ -302,14 +333,15 @@ def main():
     rows = accuracy(datasets, args)
     grids = [] if args.skip_grids else grid_study(datasets, args)
     timing = None if args.skip_timing or "64d" not in datasets else ode_timing(datasets, args)
-    RESULTS.mkdir(exist_ok=True)
-    meta = dict(n=args.n, seconds=time.time() - t0, devices=str(jax.devices()),
-                cpu_count=os.cpu_count())
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps(
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(n=args.n, seeds=args.seeds, seconds=time.time() - t0,
+                devices=str(jax.devices()), cpu_count=os.cpu_count())
+    (out / f"{args.tag}.json").write_text(json.dumps(
         dict(meta=meta, rows=rows, grids=grids, ode_timing=timing), indent=1))
-    (RESULTS / f"{args.tag}.md").write_text(markdown(rows, grids, timing))
-    plot(rows, RESULTS / f"{args.tag}.png")
-    print(f"done in {time.time() - t0:.0f}s -> {RESULTS}/{args.tag}.*")
+    (out / f"{args.tag}.md").write_text(markdown(rows, grids, timing))
+    plot(rows, out / f"{args.tag}.png")
+    print(f"done in {time.time() - t0:.0f}s -> {out}/{args.tag}.*")
 
 
 if __name__ == "__main__":

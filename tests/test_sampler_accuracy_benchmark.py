@@ -1,0 +1,27 @@
+"""benchmarks/sampler_accuracy.py runs end to end at a toy size (structure, not accuracy)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_seeded_cells_report_mean_and_spread(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "sampler_accuracy", os.path.join(ROOT, "benchmarks", "sampler_accuracy.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--n", "300", "--data", "2d", "--sdes", "vp", "--samplers", "dpm_solver++",
+                 "--nfes", "5,10", "--seeds", "3", "--floor-pairs", "2", "--skip-grids",
+                 "--skip-timing", "--out", str(tmp_path), "--tag", "toy"])
+    result = json.loads((tmp_path / "toy.json").read_text())
+    cells = [r for r in result["rows"] if r["kind"] == "sampler"]
+    assert [r["nfe"] for r in cells] == [5, 10] and all(r["seeds"] == 3 for r in cells)
+    assert all(r["fd_std"] > 0 and r["sw"] > 0 for r in cells)
+    floor = next(r for r in result["rows"] if r["kind"] == "floor")
+    assert len(floor["fd"]) == 2 and floor["fd"][0] > 0  # (mean, std) over the pairs
+    assert "mean ± std over 3 seeds" in (tmp_path / "toy.md").read_text()
+    assert (tmp_path / "toy.png").stat().st_size > 1000
