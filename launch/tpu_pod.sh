@@ -18,5 +18,6 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command
   set -e
   cd $REPO
   pip install -q -e '.[tfds]' 'jax[tpu]'
-  python -m score_sde.main --distributed --config $CONFIG --workdir $WORKDIR $EXTRA
+  python -m score_sde.main --distributed --compilation_cache $WORKDIR/compilation_cache \
+    --config $CONFIG --workdir $WORKDIR $EXTRA
 "

@@ -117,3 +117,17 @@ def _bad_optimizer_config():
 def test_ema_update():
     ema = losses.ema_update({"a": jnp.ones(2)}, {"a": jnp.zeros(2)}, 0.9)
     np.testing.assert_allclose(ema["a"], 0.9)
+
+
+def test_ema_warmup_weighs_out_the_initialisation():
+    # Constant rate r: after n steps toward a fixed target the initial value keeps weight r**n.
+    # Warm-up rate min(r, (1 + k) / (10 + k)) at step k: the initial weight is the product
+    # prod_k (1 + k) / (10 + k) = 9! n! / (n + 9)!, ~1e-24 after 3,000 steps instead of 0.05.
+    assert losses.ema_decay(0.999, jnp.asarray(5)) == 0.999
+    rates = [float(losses.ema_decay(0.999, jnp.asarray(k), warmup=True)) for k in range(3000)]
+    np.testing.assert_allclose(rates[:3], [0.1, 2 / 11, 3 / 12], rtol=1e-6)
+    assert max(rates) <= 0.999 and rates[-1] == pytest.approx(3000 / 3009, rel=1e-6)
+    ema, weight_constant = {"a": jnp.ones(1)}, 0.999**3000
+    for r in rates:
+        ema = losses.ema_update(ema, {"a": jnp.zeros(1)}, r)
+    assert float(ema["a"][0]) < 1e-20 and weight_constant > 0.04

@@ -27,7 +27,7 @@ def test_readme_demo_runs_end_to_end(tmp_path):
     args = ["--config.training.n_iters=20", "--config.training.snapshot_freq=10",
             "--config.training.snapshot_freq_for_preemption=10", "--config.training.log_freq=5",
             "--config.training.eval_freq=10", "--config.model.num_scales=20",
-            "--config.eval.batch_size=16", *fast]
+            "--config.eval.batch_size=16", f"--compilation_cache={tmp_path / 'xla'}", *fast]
     done = subprocess.run(["bash", "launch/demo.sh", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, env={**ENV, "WORKDIR": str(tmp_path)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
