@@ -6,6 +6,8 @@ U-Net (~0.46M parameters), batch 64, a few thousand steps, frequent logs and sna
 
 import ml_collections
 
+from score_sde.sampling import add_config_fields
+
 
 def get_default_configs() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -31,6 +33,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.noise_removal = True
     sampling.probability_flow = False
     sampling.snr = 0.16
+    add_config_fields(sampling)  # nfe, grid, eta, ... (score_sde.sampling)
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.ckpt = -1  # snapshot for sample/likelihood (step = ckpt * snapshot_freq); -1 = newest

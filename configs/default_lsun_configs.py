@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from score_sde.sampling import add_config_fields
+
 
 def get_default_configs() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -27,6 +29,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.noise_removal = True
     sampling.probability_flow = False
     sampling.snr = 0.075
+    add_config_fields(sampling)  # nfe, grid, eta, ... (score_sde.sampling)
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.ckpt = -1  # snapshot for sample/likelihood (step = ckpt * snapshot_freq); -1 = newest

@@ -264,7 +264,7 @@ class Sampler:
                 cond = controllable.model_conditional_score_fn(sde, model, params, continuous)
                 score_fn = controllable.cfg_from_model(
                     cond, labels, int(config.model.num_classes),
-                    float(config.sampling.get("guidance_scale", 0.0)))
+                    float(config.sampling.get("guidance_scale", 0.0) or 0.0))
             x, nfe = sample(rng, score_fn)
             return jnp.clip(inverse(x), 0.0, 1.0), nfe
 
@@ -283,7 +283,7 @@ def _class_labels(config, n: int) -> jax.Array | None:
     num_classes = int(config.model.get("num_classes", 0))
     if num_classes <= 0:
         return None
-    chosen = tuple(config.sampling.get("class_labels", ())) or tuple(range(num_classes))
+    chosen = tuple(config.sampling.get("class_labels", ()) or ()) or tuple(range(num_classes))
     bad = [c for c in chosen if not 0 <= int(c) < num_classes]
     if bad:
         raise ValueError(f"config.sampling.class_labels has {bad}, outside 0..{num_classes - 1}")

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import pytest
 
 from score_sde.models import count_params, get_model, input_shape
+from score_sde.sampling import NEW_CONFIG_FIELDS, get_sampler_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -273,7 +274,7 @@ def test_config_has_the_fields_the_driver_reads(name):
                   "continuous", "n_jitted_steps", "reduce_mean", "sde"):
         assert field in c.training, field
     for field in ("method", "predictor", "corrector", "snr", "n_steps_each", "noise_removal",
-                  "probability_flow"):
+                  "probability_flow", *NEW_CONFIG_FIELDS):
         assert field in c.sampling, field
     for field in ("dataset", "image_size", "num_channels", "centered", "random_flip",
                   "uniform_dequantization"):
@@ -287,3 +288,25 @@ def test_config_has_the_fields_the_driver_reads(name):
                   "enable_loss", "enable_bpd", "bpd_dataset"):
         assert field in c.eval, field
     assert "seed" in c
+
+
+def test_sampler_fields_are_set_from_the_command_line(monkeypatch):
+    from score_sde import main, sde_lib
+
+    argv = ["main", "--workdir=unused", "--config", f"{ROOT}/configs/digits.py",
+            "--config.sampling.method=heun",
+            "--config.sampling.nfe=7", "--config.sampling.grid=karras",
+            "--config.sampling.S_churn=2.5", "--config.sampling.guidance_scale=1.5",
+            "--config.sampling.class_labels=(3, 7)"]
+    monkeypatch.setattr("sys.argv", argv)  # ml_collections reads the overrides from sys.argv
+    main.parse_flags(argv)
+    config = main.FLAGS.config
+    main.FLAGS.unparse_flags()
+    s = config.sampling
+    assert (s.nfe, s.grid, s.S_churn, s.guidance_scale, s.class_labels) == (
+        7, "karras", 2.5, 1.5, (3, 7))
+    assert s.eta is None and s.S_tmax is None  # unset: the sampler's own default
+    sde = sde_lib.VPSDE()
+    sample = get_sampler_from_config(config, sde, (2, 2), eps=1e-3)
+    _, nfe = sample(jax.random.PRNGKey(0), lambda x, t: -x)
+    assert int(nfe) == 7  # heun at nfe=7: 4 points, 2 * 4 - 1 score calls

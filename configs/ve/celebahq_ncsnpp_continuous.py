@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from score_sde.sampling import add_config_fields
+
 
 def get_config():
     config = ml_collections.ConfigDict()
@@ -29,6 +31,7 @@ def get_config():
     sampling.snr = 0.15
     sampling.n_steps_each = 1
     sampling.noise_removal = True
+    add_config_fields(sampling)  # nfe, grid, eta, ... (score_sde.sampling)
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.ckpt = -1  # snapshot for sample/likelihood (step = ckpt * snapshot_freq); -1 = newest

@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Callable
 
 import jax
+import ml_collections
 
 from score_sde.sampling.correctors import register_corrector
 from score_sde.sampling.fast import ddim_sampler, dpm_solver_pp_sampler, heun_sampler
@@ -35,8 +36,8 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "dpm_solver++": dpm_solver_pp_sampler,
 }
 
-__all__ = ["SAMPLERS", "get_sampler", "get_sampler_from_config", "get_time_grid",
-           "register_corrector", "register_grid", "register_predictor",
+__all__ = ["SAMPLERS", "add_config_fields", "get_sampler", "get_sampler_from_config",
+           "get_time_grid", "register_corrector", "register_grid", "register_predictor",
            "sampler_options_from_config"]
 
 
@@ -69,12 +70,29 @@ _CONFIG_FIELDS = {
 }
 
 
+# config.sampling fields beyond the published ones, with their types. `add_config_fields`
+# declares them unset (None: the sampler's own default) so that the command line can set them,
+# e.g. --config.sampling.nfe=20.
+NEW_CONFIG_FIELDS = {"nfe": int, "grid": str, "eta": float, "ode_solver": str, "rtol": float,
+                     "atol": float, "n_steps": int, "S_churn": float, "S_tmin": float,
+                     "S_tmax": float, "S_noise": float, "guidance_scale": float,
+                     "class_labels": tuple}
+
+
+def add_config_fields(sampling: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Declare NEW_CONFIG_FIELDS on a config's sampling section (those it does not set)."""
+    for name, kind in NEW_CONFIG_FIELDS.items():
+        if name not in sampling:
+            sampling[name] = ml_collections.config_dict.placeholder(kind)
+    return sampling
+
+
 def sampler_options_from_config(config, method: str | None = None) -> tuple[str, dict]:
     """(method, options) of config.sampling (method: config.sampling.method unless given).
 
     Published fields: method, predictor, corrector, snr, n_steps_each, noise_removal,
-    probability_flow. New ones (defaults used when absent): nfe, grid, eta, ode_solver, rtol,
-    atol, n_steps, S_churn, S_tmin, S_tmax, S_noise.
+    probability_flow. New ones (NEW_CONFIG_FIELDS; defaults used when absent or None): nfe,
+    grid, eta, ode_solver, rtol, atol, n_steps, S_churn, S_tmin, S_tmax, S_noise.
     """
     method = str(method or config.sampling.method).lower()
     if method not in _CONFIG_FIELDS:
