@@ -25,3 +25,9 @@ def test_seeded_cells_report_mean_and_spread(tmp_path):
     assert len(floor["fd"]) == 2 and floor["fd"][0] > 0  # (mean, std) over the pairs
     assert "mean ± std over 3 seeds" in (tmp_path / "toy.md").read_text()
     assert (tmp_path / "toy.png").stat().st_size > 1000
+    # The ODE timing alone: one row per batch size, the same solution on and off device.
+    module.main(["--data", "64d", "--skip-accuracy", "--skip-grids", "--timing-n", "8",
+                 "--timing-repeats", "1", "--out", str(tmp_path), "--tag", "timing"])
+    (row,) = json.loads((tmp_path / "timing.json").read_text())["ode_timing"]
+    assert row["n"] == 8 and row["scipy_nfe"] > 10 and row["max_abs_diff"] < 0.05
+    assert "speed-up" in (tmp_path / "timing.md").read_text()
