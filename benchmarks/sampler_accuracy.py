@@ -159,18 +159,19 @@ def accuracy(datasets, args) -> list[dict]:
 def grid_study(datasets, args) -> list[dict]:
     rows = []
     for dname, data in datasets.items():
-        ref = reference_sets(data, args.n, 1)[0]
+        refs = reference_sets(data, args.n, args.seeds)
         for sname in args.sdes:
             sde, eps = SDES[sname]
-            for sampler in ("ddim", "heun", "dpm_solver++"):
+            for sampler in args.grid_samplers:
                 for budget in args.grid_nfes:
                     for grid in ("uniform", "quadratic", "logsnr", "karras"):
                         name, options = SAMPLERS[sampler](budget)
-                        x, nfe = draw(data, sde, eps, name, dict(options, grid=grid), args.n, 11)
+                        d = seeded_distances(data, sde, eps, name, dict(options, grid=grid),
+                                             args.n, args.seeds, refs)
                         rows.append(dict(kind="grid", data=dname, sde=sname, sampler=sampler,
-                                         budget=budget, grid=grid, nfe=nfe, **distances(x, ref)))
-                        print(f"[grid {dname} {sname}] {sampler} nfe={nfe} {grid:9s} "
-                              f"FD {rows[-1]['fd']:.4g} SW {rows[-1]['sw']:.4g}", flush=True)
+                                         budget=budget, grid=grid, **d))
+                        print(f"[grid {dname} {sname}] {sampler} nfe={d['nfe']} {grid:9s} "
+                              f"FD {d['fd']:.4g}±{d['fd_std']:.2g} SW {d['sw']:.4g}", flush=True)
     return rows
 
 
@@ -235,6 +236,10 @@ def cell(r: dict) -> str:
     return f"{r['fd']:.3g} / {r['sw']:.3g}"
 
 
+def grid_cell(r: dict) -> str:
+    return f"{r['fd']:.3g}" + (f" ± {r['fd_std']:.2g}" if r.get("seeds", 1) > 1 else "")
+
+
 def markdown(rows, grids, timing) -> str:
     lines = ["# Sampler accuracy vs NFE (exact Gaussian-mixture scores)", ""]
     floors = {r["data"]: r for r in rows if r["kind"] == "floor"}
@@ -277,7 +282,7 @@ def markdown(rows, grids, timing) -> str:
             by = {r["grid"]: r for r in grids if (r["data"], r["sde"], r["sampler"],
                                                    r["budget"]) == key}
             best = min(by, key=lambda g: by[g]["fd"])
-            cells = [(f"**{by[g]['fd']:.3g}**" if g == best else f"{by[g]['fd']:.3g}")
+            cells = [(f"**{grid_cell(by[g])}**" if g == best else grid_cell(by[g]))
                      for g in ("uniform", "quadratic", "logsnr", "karras")]
             lines.append("| " + " | ".join(map(str, key)) + " | " + " | ".join(cells) + " |")
         lines.append("")
@@ -336,6 +341,7 @@ def main(argv=None):
     p.add_argument("--floor-pairs", type=int, default=5)
     p.add_argument("--seeds", type=int, default=1, help="independent sample sets per cell")
     p.add_argument("--grid-nfes", default="5,10,20")
+    p.add_argument("--grid-samplers", default="ddim,heun,dpm_solver++")
     p.add_argument("--skip-grids", action="store_true")
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--timing-n", default="200,1000,5000", help="batch sizes of the ODE timing")
@@ -348,6 +354,7 @@ def main(argv=None):
     args.nfes = [int(v) for v in args.nfes.split(",")]
     args.grid_nfes = [int(v) for v in args.grid_nfes.split(",")]
     args.timing_n = [int(v) for v in args.timing_n.split(",")]
+    args.grid_samplers = args.grid_samplers.split(",")
     args.sdes = args.sdes.split(",")
     # 1000-NFE runs only for the SDE samplers the targets name (keeps the run < 15 min).
     args.max_nfe = {s: 100 for s in SAMPLERS if s not in ("euler_maruyama", "dpm_solver++")}

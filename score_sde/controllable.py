@@ -37,8 +37,6 @@ Array = jax.Array
 ClassifierFn = Callable[[Array, Array], Array]
 ConditionalScoreFn = Callable[[Array, Array, Array], Array]
 Sampler = Callable[[Array, ScoreFn], tuple[Array, Array]]
-# update(rng, x, t, t_next) -> (x, x_mean): a predictor / corrector step.
-Update = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
 # merge(rng, x, x_mean, t) -> (x, x_mean): put the observation, perturbed to t, into the state;
 # the samplers' `project` argument (score_sde.sampling.common.Project).
 Merge = Callable[[Array, Array, Array, Array], tuple[Array, Array]]

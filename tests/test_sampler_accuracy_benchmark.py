@@ -15,14 +15,18 @@ def test_seeded_cells_report_mean_and_spread(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main(["--n", "300", "--data", "2d", "--sdes", "vp", "--samplers", "dpm_solver++",
-                 "--nfes", "5,10", "--seeds", "3", "--floor-pairs", "2", "--skip-grids",
-                 "--skip-timing", "--out", str(tmp_path), "--tag", "toy"])
+                 "--nfes", "5,10", "--seeds", "3", "--floor-pairs", "2",
+                 "--grid-samplers", "dpm_solver++", "--grid-nfes", "5", "--skip-timing",
+                 "--out", str(tmp_path), "--tag", "toy"])
     result = json.loads((tmp_path / "toy.json").read_text())
     cells = [r for r in result["rows"] if r["kind"] == "sampler"]
     assert [r["nfe"] for r in cells] == [5, 10] and all(r["seeds"] == 3 for r in cells)
     assert all(r["fd_std"] > 0 and r["sw"] > 0 for r in cells)
     floor = next(r for r in result["rows"] if r["kind"] == "floor")
     assert len(floor["fd"]) == 2 and floor["fd"][0] > 0  # (mean, std) over the pairs
+    grids = result["grids"]
+    assert sorted(r["grid"] for r in grids) == ["karras", "logsnr", "quadratic", "uniform"]
+    assert all(r["seeds"] == 3 and r["nfe"] == 5 for r in grids)
     assert "mean ± std over 3 seeds" in (tmp_path / "toy.md").read_text()
     assert (tmp_path / "toy.png").stat().st_size > 1000
     # The ODE timing alone: one row per batch size, the same solution on and off device.

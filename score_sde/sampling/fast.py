@@ -103,7 +103,7 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str =
             alpha_t = sde.marginal_coeffs(full_t(t, x))[0]
             return x0_hat(batch_mul(alpha_t, x), full_t(t, x))
 
-        def project_edm(x, t, k):  # the projection of x_edm = x / alpha_t, in x's variables
+        def project_edm(x, t, k):  # project x_edm as the SDE state alpha_t x_edm, then back
             if project is None:
                 return x
             alpha_t = sde.marginal_coeffs(full_t(t, x))[0]
