@@ -86,6 +86,7 @@ SAMPLERS = {
     "ddim_eta1": lambda n: ("ddim", dict(nfe=n, eta=1.0)),
     "heun": lambda n: ("heun", dict(nfe=n)),
     "dpm_solver++": lambda n: ("dpm_solver++", dict(nfe=n)),
+    "dpm_solver++3m": lambda n: ("dpm_solver++", dict(nfe=n, order=3)),
 }
 NFES = (5, 10, 20, 35, 50, 100, 1000)
 

@@ -66,7 +66,7 @@ _CONFIG_FIELDS = {
     "heun": [("nfe", "nfe", 35), ("grid", "grid", "uniform"), ("S_churn", "S_churn", 0.0),
              ("S_tmin", "S_tmin", 0.0), ("S_tmax", "S_tmax", float("inf")),
              ("S_noise", "S_noise", 1.0)],
-    "dpm_solver++": [("nfe", "nfe", 20), ("grid", "grid", "quadratic")],
+    "dpm_solver++": [("nfe", "nfe", 20), ("grid", "grid", "quadratic"), ("order", "order", 2)],
 }
 
 
@@ -75,8 +75,8 @@ _CONFIG_FIELDS = {
 # e.g. --config.sampling.nfe=20.
 NEW_CONFIG_FIELDS = {"nfe": int, "grid": str, "eta": float, "ode_solver": str, "rtol": float,
                      "atol": float, "n_steps": int, "S_churn": float, "S_tmin": float,
-                     "S_tmax": float, "S_noise": float, "guidance_scale": float,
-                     "class_labels": tuple}
+                     "S_tmax": float, "S_noise": float, "order": int,
+                     "guidance_scale": float, "class_labels": tuple}
 
 
 def add_config_fields(sampling: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -92,7 +92,7 @@ def sampler_options_from_config(config, method: str | None = None) -> tuple[str,
 
     Published fields: method, predictor, corrector, snr, n_steps_each, noise_removal,
     probability_flow. New ones (NEW_CONFIG_FIELDS; defaults used when absent or None): nfe,
-    grid, eta, ode_solver, rtol, atol, n_steps, S_churn, S_tmin, S_tmax, S_noise.
+    grid, eta, ode_solver, rtol, atol, n_steps, S_churn, S_tmin, S_tmax, S_noise, order.
     """
     method = str(method or config.sampling.method).lower()
     if method not in _CONFIG_FIELDS:
