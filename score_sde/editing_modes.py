@@ -168,7 +168,7 @@ def _merge_options(config) -> tuple[str, dict]:
                 "inpainting/colorization use the PC sampler")
         method = "pc"
     method, options = sampling.sampler_options_from_config(config, method)
-    if method == "pc" and options["corrector"] == "none":
+    if method == "pc" and options.get("corrector", "none") == "none":
         log.say("inpainting/colorization with PC: reverse_diffusion predictor + langevin "
                 "corrector (without a corrector the merged samples are biased)")
         options.update(predictor="reverse_diffusion", corrector="langevin")

@@ -53,20 +53,18 @@ def get_sampler(name: str, sde: SDE, shape: tuple[int, ...], **options) -> Sampl
     return factory(sde, tuple(shape), **options)
 
 
-# Config fields read per method: (option name, config.sampling field, default).
+# Config fields read per method: (sampler option, config.sampling field). A field that is
+# absent or None leaves the sampler's own default.
 _CONFIG_FIELDS = {
-    "pc": [("predictor", "predictor", "euler_maruyama"), ("corrector", "corrector", "none"),
-           ("snr", "snr", 0.16), ("n_steps_each", "n_steps_each", 1),
-           ("probability_flow", "probability_flow", False),
-           ("noise_removal", "noise_removal", True), ("n_steps", "n_steps", None),
-           ("grid", "grid", "uniform")],
-    "ode": [("solver", "ode_solver", "tsit5"), ("rtol", "rtol", 1e-5), ("atol", "atol", 1e-5),
-            ("noise_removal", "noise_removal", False), ("nfe", "nfe", None)],
-    "ddim": [("nfe", "nfe", 50), ("eta", "eta", 0.0), ("grid", "grid", "uniform")],
-    "heun": [("nfe", "nfe", 35), ("grid", "grid", "uniform"), ("S_churn", "S_churn", 0.0),
-             ("S_tmin", "S_tmin", 0.0), ("S_tmax", "S_tmax", float("inf")),
-             ("S_noise", "S_noise", 1.0)],
-    "dpm_solver++": [("nfe", "nfe", 20), ("grid", "grid", "quadratic"), ("order", "order", 2)],
+    "pc": [("predictor", "predictor"), ("corrector", "corrector"), ("snr", "snr"),
+           ("n_steps_each", "n_steps_each"), ("probability_flow", "probability_flow"),
+           ("noise_removal", "noise_removal"), ("n_steps", "n_steps"), ("grid", "grid")],
+    "ode": [("solver", "ode_solver"), ("rtol", "rtol"), ("atol", "atol"),
+            ("noise_removal", "noise_removal"), ("nfe", "nfe")],
+    "ddim": [("nfe", "nfe"), ("eta", "eta"), ("grid", "grid")],
+    "heun": [("nfe", "nfe"), ("grid", "grid"), ("S_churn", "S_churn"), ("S_tmin", "S_tmin"),
+             ("S_tmax", "S_tmax"), ("S_noise", "S_noise")],
+    "dpm_solver++": [("nfe", "nfe"), ("grid", "grid"), ("order", "order")],
 }
 
 
@@ -91,19 +89,20 @@ def sampler_options_from_config(config, method: str | None = None) -> tuple[str,
     """(method, options) of config.sampling (method: config.sampling.method unless given).
 
     Published fields: method, predictor, corrector, snr, n_steps_each, noise_removal,
-    probability_flow. New ones (NEW_CONFIG_FIELDS; defaults used when absent or None): nfe,
-    grid, eta, ode_solver, rtol, atol, n_steps, S_churn, S_tmin, S_tmax, S_noise, order.
+    probability_flow. New ones (NEW_CONFIG_FIELDS): nfe, grid, eta, ode_solver, rtol, atol,
+    n_steps, S_churn, S_tmin, S_tmax, S_noise, order. Absent or None: the sampler's default.
     """
     method = str(method or config.sampling.method).lower()
     if method not in _CONFIG_FIELDS:
         raise ValueError(f"config.sampling.method={method!r} is not a known "
                          f"sampler; choose one of {sorted(_CONFIG_FIELDS)}")
     s = config.sampling
-    options = {opt: s.get(field, default) for opt, field, default in _CONFIG_FIELDS[method]}
-    if method == "pc":
-        options["predictor"] = str(options["predictor"]).lower()
-        options["corrector"] = str(options["corrector"]).lower()
-    return method, {k: v for k, v in options.items() if v is not None}
+    options = {opt: s.get(field) for opt, field in _CONFIG_FIELDS[method]}
+    options = {k: v for k, v in options.items() if v is not None}
+    for name in ("predictor", "corrector"):  # the published configs spell them in any case
+        if name in options:
+            options[name] = str(options[name]).lower()
+    return method, options
 
 
 def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
