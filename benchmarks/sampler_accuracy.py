@@ -18,6 +18,7 @@ Writes <--out, default benchmarks/results>/<--tag>.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -50,6 +51,16 @@ class Rotated:
         return lambda x, t: score(x @ self.rot, t) @ self.rot.T
 
 
+def noise_range(data) -> tuple[float, float]:
+    """The noise levels (sigma / alpha) where the data changes under noise: half its smallest
+    standard deviation to twice the largest distance between its modes (the grid option
+    sigma_range)."""
+    mix = data.base if isinstance(data, Rotated) else data  # a rotation keeps both
+    std_min = float(np.sqrt(np.linalg.eigvalsh(mix.covs).min()))
+    diameter = float(np.max(np.linalg.norm(mix.means[:, None] - mix.means[None], axis=-1)))
+    return 0.5 * std_min, 2.0 * diameter
+
+
 def make_datasets() -> dict:
     """'2d': 5 full-covariance modes of unequal weight; '64d': 6 modes, rotated, varied spectra."""
     rng = np.random.default_rng(0)
@@ -75,19 +86,23 @@ SDES = {
     "ve": (sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0), 1e-5),
 }
 
-# Samplers at a budget of nfe score calls: name -> (get_sampler name, options(nfe)).
+# Samplers at a budget of nfe score calls: name -> (get_sampler name, options(nfe, noise_range)).
 SAMPLERS = {
-    "euler_maruyama": lambda n: ("pc", dict(predictor="euler_maruyama", n_steps=n)),
-    "ancestral": lambda n: ("pc", dict(predictor="ancestral_sampling", n_steps=n)),
-    "pc_rd_langevin": lambda n: ("pc", dict(predictor="reverse_diffusion", corrector="langevin",
-                                            n_steps=max(n // 2, 1))),
-    "ode_euler": lambda n: ("ode", dict(solver="euler", nfe=n)),
-    "ddim": lambda n: ("ddim", dict(nfe=n)),
-    "ddim_eta1": lambda n: ("ddim", dict(nfe=n, eta=1.0)),
-    "heun": lambda n: ("heun", dict(nfe=n)),
-    "dpm_solver++": lambda n: ("dpm_solver++", dict(nfe=n)),
-    "dpm_solver++3m": lambda n: ("dpm_solver++", dict(nfe=n, order=3)),
+    "euler_maruyama": lambda n, _: ("pc", dict(predictor="euler_maruyama", n_steps=n)),
+    "ancestral": lambda n, _: ("pc", dict(predictor="ancestral_sampling", n_steps=n)),
+    "pc_rd_langevin": lambda n, _: ("pc", dict(predictor="reverse_diffusion",
+                                               corrector="langevin", n_steps=max(n // 2, 1))),
+    "ode_euler": lambda n, _: ("ode", dict(solver="euler", nfe=n)),
+    "ddim": lambda n, _: ("ddim", dict(nfe=n)),
+    "ddim_eta1": lambda n, _: ("ddim", dict(nfe=n, eta=1.0)),
+    "heun": lambda n, _: ("heun", dict(nfe=n)),
+    "dpm_solver++": lambda n, _: ("dpm_solver++", dict(nfe=n)),
+    "dpm_solver++3m": lambda n, _: ("dpm_solver++", dict(nfe=n, order=3)),
+    # With the data's noise range (see noise_range), on the grid measured best with it.
+    "dpm_solver++_range": lambda n, r: ("dpm_solver++", dict(nfe=n, grid="logsnr",
+                                                             sigma_range=r)),
 }
+GRIDS = ("uniform", "quadratic", "logsnr", "karras")
 NFES = (5, 10, 20, 35, 50, 100, 1000)
 
 
@@ -145,7 +160,7 @@ def accuracy(datasets, args) -> list[dict]:
                 nfes = [n for n in args.nfes if n <= args.max_nfe.get(sampler, 10**9)]
                 for budget in (nfes if sampler != "ode" else [None]):
                     name, options = (("ode", {}) if sampler == "ode"
-                                     else SAMPLERS[sampler](budget))
+                                     else SAMPLERS[sampler](budget, noise_range(data)))
                     t0 = time.time()
                     d = seeded_distances(data, sde, eps, name, options, args.n, args.seeds, refs)
                     row = dict(kind="sampler", data=dname, sde=sname, sampler=sampler,
@@ -164,15 +179,17 @@ def grid_study(datasets, args) -> list[dict]:
         for sname in args.sdes:
             sde, eps = SDES[sname]
             for sampler in args.grid_samplers:
-                for budget in args.grid_nfes:
-                    for grid in ("uniform", "quadratic", "logsnr", "karras"):
-                        name, options = SAMPLERS[sampler](budget)
-                        d = seeded_distances(data, sde, eps, name, dict(options, grid=grid),
-                                             args.n, args.seeds, refs)
-                        rows.append(dict(kind="grid", data=dname, sde=sname, sampler=sampler,
-                                         budget=budget, grid=grid, **d))
-                        print(f"[grid {dname} {sname}] {sampler} nfe={d['nfe']} {grid:9s} "
-                              f"FD {d['fd']:.4g}±{d['fd_std']:.2g} SW {d['sw']:.4g}", flush=True)
+                for budget, grid, ranged in itertools.product(args.grid_nfes, GRIDS,
+                                                              (False, True)):
+                    name, options = SAMPLERS[sampler](budget, None)
+                    options = dict(options, grid=grid,
+                                   sigma_range=noise_range(data) if ranged else None)
+                    d = seeded_distances(data, sde, eps, name, options, args.n, args.seeds, refs)
+                    rows.append(dict(kind="grid", data=dname, sde=sname, sampler=sampler,
+                                     budget=budget, grid=grid, ranged=ranged, **d))
+                    print(f"[grid {dname} {sname}] {sampler} nfe={d['nfe']} {grid:9s} "
+                          f"{'range' if ranged else 'full':5s} FD {d['fd']:.4g}±{d['fd_std']:.2g} "
+                          f"SW {d['sw']:.4g}", flush=True)
     return rows
 
 
@@ -275,16 +292,20 @@ def markdown(rows, grids, timing) -> str:
                 lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
             lines.append("")
     if grids:
+        columns = [(g, ranged) for ranged in (False, True) for g in GRIDS]
+        names = [g + (" + range" if ranged else "") for g, ranged in columns]
         lines += ["## Time grids (FD)", "",
-                  "| data | sde | sampler | nfe | uniform | quadratic | logsnr | karras |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "Over the SDE's whole noise range, and with sigma_range = the data's noise "
+                  "range (noise_range()).", "",
+                  "| data | sde | sampler | nfe | " + " | ".join(names) + " |",
+                  "|---|---|---|---|" + "---|" * len(columns)]
         keys = dict.fromkeys((r["data"], r["sde"], r["sampler"], r["budget"]) for r in grids)
         for key in keys:
-            by = {r["grid"]: r for r in grids if (r["data"], r["sde"], r["sampler"],
-                                                   r["budget"]) == key}
-            best = min(by, key=lambda g: by[g]["fd"])
-            cells = [(f"**{grid_cell(by[g])}**" if g == best else grid_cell(by[g]))
-                     for g in ("uniform", "quadratic", "logsnr", "karras")]
+            by = {(r["grid"], r.get("ranged", False)): r for r in grids
+                  if (r["data"], r["sde"], r["sampler"], r["budget"]) == key}
+            best = min(by, key=lambda c: by[c]["fd"])
+            cells = [("" if c not in by else f"**{grid_cell(by[c])}**" if c == best
+                      else grid_cell(by[c])) for c in columns]
             lines.append("| " + " | ".join(map(str, key)) + " | " + " | ".join(cells) + " |")
         lines.append("")
     if timing:

@@ -17,7 +17,11 @@ import jax.numpy as jnp
 import pytest
 
 from score_sde.models import count_params, get_model, input_shape
-from score_sde.sampling import NEW_CONFIG_FIELDS, get_sampler_from_config
+from score_sde.sampling import (
+    NEW_CONFIG_FIELDS,
+    get_sampler_from_config,
+    sampler_options_from_config,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -297,16 +301,17 @@ def test_sampler_fields_are_set_from_the_command_line(monkeypatch):
             "--config.sampling.method=heun",
             "--config.sampling.nfe=7", "--config.sampling.grid=karras",
             "--config.sampling.S_churn=2.5", "--config.sampling.guidance_scale=1.5",
-            "--config.sampling.class_labels=(3, 7)"]
+            "--config.sampling.class_labels=(3, 7)", "--config.sampling.sigma_range=(0.01, 20)"]
     monkeypatch.setattr("sys.argv", argv)  # ml_collections reads the overrides from sys.argv
     main.parse_flags(argv)
     config = main.FLAGS.config
     main.FLAGS.unparse_flags()
     s = config.sampling
-    assert (s.nfe, s.grid, s.S_churn, s.guidance_scale, s.class_labels) == (
-        7, "karras", 2.5, 1.5, (3, 7))
+    assert (s.nfe, s.grid, s.S_churn, s.guidance_scale, s.class_labels, s.sigma_range) == (
+        7, "karras", 2.5, 1.5, (3, 7), (0.01, 20))
     assert s.eta is None and s.S_tmax is None  # unset: the sampler's own default
     sde = sde_lib.VPSDE()
     sample = get_sampler_from_config(config, sde, (2, 2), eps=1e-3)
     _, nfe = sample(jax.random.PRNGKey(0), lambda x, t: -x)
     assert int(nfe) == 7  # heun at nfe=7: 4 points, 2 * 4 - 1 score calls
+    assert sampler_options_from_config(config)[1]["sigma_range"] == (0.01, 20)

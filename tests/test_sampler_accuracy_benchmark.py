@@ -25,9 +25,11 @@ def test_seeded_cells_report_mean_and_spread(tmp_path):
     floor = next(r for r in result["rows"] if r["kind"] == "floor")
     assert len(floor["fd"]) == 2 and floor["fd"][0] > 0  # (mean, std) over the pairs
     grids = result["grids"]
-    assert sorted(r["grid"] for r in grids) == ["karras", "logsnr", "quadratic", "uniform"]
+    assert sorted((r["grid"], r["ranged"]) for r in grids) == [
+        (g, ranged) for g in ("karras", "logsnr", "quadratic", "uniform") for ranged in (0, 1)]
     assert all(r["seeds"] == 3 and r["nfe"] == 5 for r in grids)
     assert "mean ± std over 3 seeds" in (tmp_path / "toy.md").read_text()
+    assert "logsnr + range" in (tmp_path / "toy.md").read_text()
     assert (tmp_path / "toy.png").stat().st_size > 1000
     # The ODE timing alone: one row per batch size, the same solution on and off device.
     module.main(["--data", "64d", "--skip-accuracy", "--skip-grids", "--timing-n", "8",

@@ -198,6 +198,42 @@ def test_time_grids_run_from_T_to_eps(grid, sde_name):
         np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=2e-3)
 
 
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+def test_sigma_range_spends_the_inner_steps_on_its_noise_levels(sde_name):
+    sde, eps = SDES[sde_name]
+    lo, hi = 0.05, 5.0
+    ts = get_time_grid("logsnr", sde, 12, eps, sigma_range=(lo, hi))
+    assert ts.shape == (13,) and ts[0] == sde.T and ts[-1] == np.float32(eps)
+    assert np.all(np.diff(ts) < 0)
+    lam = np.asarray(sde.log_snr(jnp.asarray(ts)), np.float64)
+    np.testing.assert_allclose(np.exp(-lam[[1, -2]]), [hi, lo], rtol=1e-3)  # one step per tail
+    np.testing.assert_allclose(np.diff(lam[1:-1]), np.diff(lam[1:-1])[0], rtol=2e-3)
+    # A range that holds all of the SDE's noise levels leaves the plain grid.
+    np.testing.assert_array_equal(get_time_grid("logsnr", sde, 12, eps, (1e-9, 1e9)),
+                                  get_time_grid("logsnr", sde, 12, eps))
+
+
+def test_dpm_solver_pp_at_8_nfe_with_the_data_noise_range():
+    """The range (half the smallest data std, twice the distance of the modes) = (0.22, 8.9)
+    puts DPM-Solver++ at 8 NFE inside the exact-sample bound for every SDE. Measured FD with |
+    without it: vp 0.0040 | 0.0020, subvp 0.0044 | 0.057, ve 0.0063 | 0.0070. Over its whole
+    range (to sigma / alpha = 1e-4 at eps) the sub-VP grid spends its steps where nothing moves.
+    """
+    for sde_name, (sde, eps) in SDES.items():
+        fds = {}
+        for sigma_range in (None, (0.22, 8.9)):
+            options = dict(grid="logsnr", sigma_range=sigma_range) if sigma_range else {}
+            sample = get_sampler("dpm_solver++", sde, (N, 2), eps=eps, nfe=8, **options)
+            x, _ = jax.jit(lambda k, s=sample, d=sde: s(k, GMM.perturbed_score_fn(d)))(
+                jax.random.PRNGKey(0))
+            fds[sigma_range is not None] = exact_fd(x)
+            if sigma_range:
+                assert abs(mode_weight(x, sde) - GMM.weights[0]) < WEIGHT_TOL, sde_name
+        assert fds[True] < FD_BOUND["dpm_solver++"], (sde_name, fds)
+        if sde_name == "subvp":
+            assert fds[False] > 2 * FD_BOUND["dpm_solver++"], fds
+
+
 def _config(**sampling):
     config = ml_collections.ConfigDict()
     config.sampling = ml_collections.ConfigDict(dict(
@@ -240,6 +276,10 @@ def test_bad_options_are_named():
                         sde_lib.VPSDE()))
     with pytest.raises(ValueError, match="solver='rk4'"):
         get_sampler("ode", sde_lib.VPSDE(), (2, 2), solver="rk4")
+    for sigma_range, match in [((0.5, 0.1), "0 < lo < hi"), ((300.0, 400.0), "outside"),
+                               ((0.1, 1.0), "leaves 0 of 2 steps")]:
+        with pytest.raises(ValueError, match=match):
+            get_sampler("dpm_solver++", sde_lib.VPSDE(), (2, 2), nfe=2, sigma_range=sigma_range)
 
 
 def test_reverse_diffusion_is_ddpm_on_the_published_grid():

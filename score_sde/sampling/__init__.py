@@ -58,13 +58,16 @@ def get_sampler(name: str, sde: SDE, shape: tuple[int, ...], **options) -> Sampl
 _CONFIG_FIELDS = {
     "pc": [("predictor", "predictor"), ("corrector", "corrector"), ("snr", "snr"),
            ("n_steps_each", "n_steps_each"), ("probability_flow", "probability_flow"),
-           ("noise_removal", "noise_removal"), ("n_steps", "n_steps"), ("grid", "grid")],
+           ("noise_removal", "noise_removal"), ("n_steps", "n_steps"), ("grid", "grid"),
+           ("sigma_range", "sigma_range")],
     "ode": [("solver", "ode_solver"), ("rtol", "rtol"), ("atol", "atol"),
             ("noise_removal", "noise_removal"), ("nfe", "nfe")],
-    "ddim": [("nfe", "nfe"), ("eta", "eta"), ("grid", "grid")],
-    "heun": [("nfe", "nfe"), ("grid", "grid"), ("S_churn", "S_churn"), ("S_tmin", "S_tmin"),
-             ("S_tmax", "S_tmax"), ("S_noise", "S_noise")],
-    "dpm_solver++": [("nfe", "nfe"), ("grid", "grid"), ("order", "order")],
+    "ddim": [("nfe", "nfe"), ("eta", "eta"), ("grid", "grid"), ("sigma_range", "sigma_range")],
+    "heun": [("nfe", "nfe"), ("grid", "grid"), ("sigma_range", "sigma_range"),
+             ("S_churn", "S_churn"), ("S_tmin", "S_tmin"), ("S_tmax", "S_tmax"),
+             ("S_noise", "S_noise")],
+    "dpm_solver++": [("nfe", "nfe"), ("grid", "grid"), ("sigma_range", "sigma_range"),
+                     ("order", "order")],
 }
 
 
@@ -74,7 +77,7 @@ _CONFIG_FIELDS = {
 NEW_CONFIG_FIELDS = {"nfe": int, "grid": str, "eta": float, "ode_solver": str, "rtol": float,
                      "atol": float, "n_steps": int, "S_churn": float, "S_tmin": float,
                      "S_tmax": float, "S_noise": float, "order": int,
-                     "guidance_scale": float, "class_labels": tuple}
+                     "sigma_range": tuple, "guidance_scale": float, "class_labels": tuple}
 
 
 def add_config_fields(sampling: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -90,7 +93,8 @@ def sampler_options_from_config(config, method: str | None = None) -> tuple[str,
 
     Published fields: method, predictor, corrector, snr, n_steps_each, noise_removal,
     probability_flow. New ones (NEW_CONFIG_FIELDS): nfe, grid, eta, ode_solver, rtol, atol,
-    n_steps, S_churn, S_tmin, S_tmax, S_noise, order. Absent or None: the sampler's default.
+    n_steps, S_churn, S_tmin, S_tmax, S_noise, order, sigma_range. Absent or None: the
+    sampler's default.
     """
     method = str(method or config.sampling.method).lower()
     if method not in _CONFIG_FIELDS:

@@ -8,7 +8,9 @@ sample is then the noise-free x_mean of the last projection.
 
 Default time grids are the best measured on Gaussian mixtures (benchmarks/sampler_accuracy.py,
 geometric mean of FD / floor over 2-D and 64-D data, VP / sub-VP / VE, NFE 5-20): DDIM
-'uniform', Heun 'uniform' (EDM's 'karras' wins on VE only), DPM-Solver++ 'quadratic'.
+'uniform', Heun 'uniform' (EDM's 'karras' wins on VE only), DPM-Solver++ 'quadratic'. When
+the data's noise range is known, DPM-Solver++ does best on grid='logsnr' with that
+`sigma_range` (score_sde.sampling.grids).
 """
 
 from __future__ import annotations
@@ -35,14 +37,15 @@ def _schedule(sde: SDE, ts: np.ndarray) -> tuple[jax.Array, jax.Array, jax.Array
 
 
 def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float = 0.0,
-                 grid: str = "uniform", eps: float = 1e-3, sharding=None):
+                 grid: str = "uniform", sigma_range: tuple[float, float] | None = None,
+                 eps: float = 1e-3, sharding=None):
     """DDIM: x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z, one score call per step.
 
     c = eta sigma_s sqrt(1 - exp(2 (lambda_t - lambda_s))) is the posterior std of
     q(x_s | x_t, x_0) scaled by eta: eta = 0 is the deterministic DDIM (the probability-flow
     ODE's first-order exponential integrator), eta = 1 is ancestral sampling.
     """
-    ts = get_time_grid(grid, sde, nfe, eps)
+    ts = get_time_grid(grid, sde, nfe, eps, sigma_range)
     alpha, sigma, lam = (np.asarray(v, np.float64) for v in _schedule(sde, ts))
     c = eta * sigma[1:] * np.sqrt(-np.expm1(2.0 * (lam[:-1] - lam[1:])))
     keep = np.sqrt(np.maximum(sigma[1:] ** 2 - c**2, 0.0))  # the part of eps_hat kept
@@ -71,7 +74,8 @@ def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float 
 
 
 def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str = "uniform",
-                 S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"),
+                 sigma_range: tuple[float, float] | None = None, S_churn: float = 0.0,
+                 S_tmin: float = 0.0, S_tmax: float = float("inf"),
                  S_noise: float = 1.0, eps: float = 1e-3, sharding=None):
     """EDM's stochastic Heun sampler (Karras et al. 2022, Algorithm 2) for any SDE.
 
@@ -81,7 +85,8 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str =
     S_churn, S_tmin, S_tmax (in sigma_edm units) and S_noise are EDM's churn parameters.
     """
     n = max((nfe + 1) // 2, 1)
-    ts = get_time_grid(grid, sde, n - 1, eps) if n > 1 else np.asarray([sde.T], np.float32)
+    ts = (get_time_grid(grid, sde, n - 1, eps, sigma_range) if n > 1
+          else np.asarray([sde.T], np.float32))
     alpha, sigma, _ = _schedule(sde, ts)
     sig = np.append(np.asarray(sigma / alpha, np.float64), 0.0)
     gamma = np.where((sig[:-1] >= S_tmin) & (sig[:-1] <= S_tmax),
@@ -134,7 +139,8 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str =
 
 
 def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
-                          grid: str = "quadratic", order: int = 2,
+                          grid: str = "quadratic",
+                          sigma_range: tuple[float, float] | None = None, order: int = 2,
                           lower_order_final: bool = True, eps: float = 1e-3, sharding=None):
     """DPM-Solver++ (Lu et al. 2022): multistep, data prediction, one score call per step.
 
@@ -151,7 +157,7 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
     """
     if order not in (1, 2, 3):
         raise ValueError(f"dpm_solver++: order must be 1, 2 or 3, got {order}")
-    ts = get_time_grid(grid, sde, nfe, eps)
+    ts = get_time_grid(grid, sde, nfe, eps, sigma_range)
     alpha, sigma, lam = (np.asarray(v, np.float64) for v in _schedule(sde, ts))
     h = lam[1:] - lam[:-1]
     steps = np.arange(nfe)

@@ -4,6 +4,11 @@ A grid is named by where it puts its points: uniform in t ('uniform', the publis
 denser near the data ('quadratic', DDIM's), uniform in log-SNR lambda = log(alpha / sigma)
 ('logsnr', DPM-Solver's), or EDM's sigma^(1/rho) spacing of sigma_edm = sigma / alpha
 ('karras', rho = 7). Grids are static numpy arrays computed when a sampler is built.
+
+`sigma_range=(lo, hi)` (noise levels sigma / alpha) spends the steps where the data changes:
+the named spacing covers [lo, hi], and one step each spans T -> hi and lo -> eps (those ends
+that the SDE reaches). A good range is about half the data's smallest standard deviation to
+twice its diameter; it is the largest gain at low NFE (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import numpy as np
 
 from score_sde.sde_lib import SDE
 
-GridFn = Callable[[SDE, int, float], np.ndarray]
+GridFn = Callable[[SDE, int, float, float], np.ndarray]  # (sde, n, t_start, t_end)
 _GRIDS: dict[str, GridFn] = {}
 
 
@@ -30,15 +35,39 @@ def grid_names() -> list[str]:
     return sorted(_GRIDS)
 
 
-def get_time_grid(name: str, sde: SDE, n_steps: int, eps: float) -> np.ndarray:
+def get_time_grid(name: str, sde: SDE, n_steps: int, eps: float,
+                  sigma_range: tuple[float, float] | None = None) -> np.ndarray:
     """n_steps + 1 decreasing times from sde.T to eps (float32 numpy)."""
     if name not in _GRIDS:
         raise ValueError(f"grid={name!r} is not a known time grid; choose one of {grid_names()}")
     if n_steps < 1:
         raise ValueError(f"a time grid needs n_steps >= 1, got {n_steps}")
-    ts = np.asarray(_GRIDS[name](sde, n_steps, eps), np.float64)
-    ts[0], ts[-1] = sde.T, eps
-    return ts.astype(np.float32)
+    t_start, t_end = sde.T, eps
+    if sigma_range is not None:
+        t_start, t_end = _range_times(sde, sigma_range, eps)
+    head, tail = [sde.T] * (t_start < sde.T), [eps] * (t_end > eps)
+    n_inner = n_steps - len(head) - len(tail)
+    if n_inner < 1:
+        raise ValueError(f"sigma_range={tuple(sigma_range)} leaves {n_inner} of {n_steps} steps "
+                         "inside the range; give more steps or a range that covers an end")
+    inner = np.asarray(_GRIDS[name](sde, n_inner, t_start, t_end), np.float64)
+    inner[0], inner[-1] = t_start, t_end
+    return np.concatenate([head, inner, tail]).astype(np.float32)
+
+
+def _range_times(sde: SDE, sigma_range, eps: float) -> tuple[float, float]:
+    """The times at noise levels sigma / alpha = hi and lo, clipped to [eps, T]."""
+    lo, hi = (float(v) for v in sigma_range)
+    if not 0.0 < lo < hi:
+        raise ValueError(f"sigma_range must be (lo, hi) with 0 < lo < hi, got {sigma_range}")
+    lam_T, lam_eps = _log_snr(sde, sde.T), _log_snr(sde, eps)
+    lam = np.clip(-np.log([hi, lo]), lam_T, lam_eps)
+    if lam[0] >= lam[1]:
+        raise ValueError(f"sigma_range={tuple(sigma_range)} lies outside the SDE's noise levels "
+                         f"[{np.exp(-lam_eps):.3g}, {np.exp(-lam_T):.3g}]")
+    t_start = sde.T if lam[0] <= lam_T else float(_t_from_log_snr(sde, lam[:1])[0])
+    t_end = eps if lam[1] >= lam_eps else float(_t_from_log_snr(sde, lam[1:])[0])
+    return t_start, t_end
 
 
 def _log_snr(sde: SDE, t: float) -> float:
@@ -50,24 +79,24 @@ def _t_from_log_snr(sde: SDE, lam: np.ndarray) -> np.ndarray:
 
 
 @register_grid("uniform")
-def uniform(sde: SDE, n: int, eps: float) -> np.ndarray:
-    return np.linspace(sde.T, eps, n + 1)
+def uniform(sde: SDE, n: int, t_start: float, t_end: float) -> np.ndarray:
+    return np.linspace(t_start, t_end, n + 1)
 
 
 @register_grid("quadratic")
-def quadratic(sde: SDE, n: int, eps: float) -> np.ndarray:
-    return eps + (sde.T - eps) * np.linspace(1.0, 0.0, n + 1) ** 2
+def quadratic(sde: SDE, n: int, t_start: float, t_end: float) -> np.ndarray:
+    return t_end + (t_start - t_end) * np.linspace(1.0, 0.0, n + 1) ** 2
 
 
 @register_grid("logsnr")
-def logsnr(sde: SDE, n: int, eps: float) -> np.ndarray:
-    lam = np.linspace(_log_snr(sde, sde.T), _log_snr(sde, eps), n + 1)
+def logsnr(sde: SDE, n: int, t_start: float, t_end: float) -> np.ndarray:
+    lam = np.linspace(_log_snr(sde, t_start), _log_snr(sde, t_end), n + 1)
     return _t_from_log_snr(sde, lam)
 
 
 @register_grid("karras")
-def karras(sde: SDE, n: int, eps: float, rho: float = 7.0) -> np.ndarray:
-    s_max, s_min = np.exp(-_log_snr(sde, sde.T)), np.exp(-_log_snr(sde, eps))
+def karras(sde: SDE, n: int, t_start: float, t_end: float, rho: float = 7.0) -> np.ndarray:
+    s_max, s_min = np.exp(-_log_snr(sde, t_start)), np.exp(-_log_snr(sde, t_end))
     ramp = np.linspace(0.0, 1.0, n + 1)
     sig = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     return _t_from_log_snr(sde, -np.log(sig))

@@ -16,7 +16,8 @@ def pc_sampler(sde: SDE, shape: tuple[int, ...], *, predictor: str = "euler_maru
                corrector: str = "none", snr: float = 0.16, n_steps_each: int = 1,
                probability_flow: bool = False, noise_removal: bool = True,
                n_steps: int | None = None, nfe: int | None = None, eps: float = 1e-3,
-               grid: str = "uniform", sharding=None):
+               grid: str = "uniform", sigma_range: tuple[float, float] | None = None,
+               sharding=None):
     """x_T ~ prior; for each t_i of the grid: n_steps_each corrector steps, then a predictor step.
 
     n_steps defaults to sde.N (the published sampler); `nfe` instead sets the number of steps
@@ -33,7 +34,7 @@ def pc_sampler(sde: SDE, shape: tuple[int, ...], *, predictor: str = "euler_maru
     if nfe is not None:
         n_steps = max(nfe // per_step, 1)
     n_steps = sde.N if n_steps is None else int(n_steps)
-    ts = jnp.asarray(get_time_grid(grid, sde, n_steps, eps))
+    ts = jnp.asarray(get_time_grid(grid, sde, n_steps, eps, sigma_range))
     total_nfe = n_steps * per_step
 
     def sample(rng, score_fn, project: Project | None = None):
