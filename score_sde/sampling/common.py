@@ -18,10 +18,17 @@ Project = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
 ProjectStep = Callable[[Array, Array, Array, int | Array], tuple[Array, Array]]
 
 
-def prior_sample(sde: SDE, rng: Array, shape: tuple[int, ...], sharding=None) -> Array:
-    """x_T ~ p_T, laid out with `sharding` (e.g. the batch on a mesh axis 'data') if given."""
-    x = sde.prior_sampling(rng, shape)
-    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+def prior_sample(sde: SDE, rng: Array, shape: tuple[int, ...],
+                 sharding=None) -> tuple[Array, Array]:
+    """(x_T ~ p_T, the rng left for the sampler's own noise).
+
+    Every sampler draws its prior this way, so samplers called with the same rng start from the
+    same x_T (paired comparisons). x_T is laid out with `sharding` (e.g. the batch on a mesh
+    axis 'data') if given.
+    """
+    rng, prior_rng = jax.random.split(rng)
+    x = sde.prior_sampling(prior_rng, shape)
+    return (x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)), rng
 
 
 def full_t(t: Array, x: Array) -> Array:

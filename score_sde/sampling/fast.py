@@ -6,11 +6,10 @@ serves VP, sub-VP and VE: DDIM (Song, Meng & Ermon 2021), EDM's Heun sampler (Ka
 An optional `project(rng, x, x_mean, t)` acts on the prior draw and after every step; the
 sample is then the noise-free x_mean of the last projection.
 
-Default time grids are the best measured on Gaussian mixtures (benchmarks/sampler_accuracy.py,
-geometric mean of FD / floor over 2-D and 64-D data, VP / sub-VP / VE, NFE 5-20): DDIM
-'uniform', Heun 'uniform' (EDM's 'karras' wins on VE only), DPM-Solver++ 'quadratic'. When
-the data's noise range is known, DPM-Solver++ does best on grid='logsnr' with that
-`sigma_range` (score_sde.sampling.grids).
+Default time grids are the best measured on Gaussian mixtures (benchmarks/README.md, 2-D and
+64-D data, VP / sub-VP / VE, NFE 10 and 20): DDIM 'uniform', Heun 'uniform' (EDM's 'karras'
+wins on VE only), DPM-Solver++ 'quadratic'. When the data's noise range is known, DPM-Solver++
+does best on grid='logsnr' with that `sigma_range` (score_sde.sampling.grids).
 """
 
 from __future__ import annotations
@@ -55,8 +54,7 @@ def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float 
     def sample(rng, score_fn, project: Project | None = None):
         x0_hat = data_prediction(sde, score_fn)
         rng, proj = projection_steps(project, rng)
-        rng, prior_rng = jax.random.split(rng)
-        x = prior_sample(sde, prior_rng, shape, sharding)
+        x, rng = prior_sample(sde, rng, shape, sharding)
         x, x_out = proj(x, x, t_grid[0], 0)
 
         def step(carry, i):
@@ -101,8 +99,7 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str =
     def sample(rng, score_fn, project: Project | None = None):
         x0_hat = data_prediction(sde, score_fn)
         rng, proj = projection_steps(project, rng)
-        rng, prior_rng = jax.random.split(rng)
-        x_T = prior_sample(sde, prior_rng, shape, sharding)
+        x_T, rng = prior_sample(sde, rng, shape, sharding)
 
         def denoise(x, t):  # D(x_edm; sigma_edm(t)) through the SDE's own variables
             alpha_t = sde.marginal_coeffs(full_t(t, x))[0]
@@ -178,7 +175,7 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
     def sample(rng, score_fn, project: Project | None = None):
         x0_hat = data_prediction(sde, score_fn)
         rng, proj = projection_steps(project, rng)
-        x = prior_sample(sde, rng, shape, sharding)
+        x, _ = prior_sample(sde, rng, shape, sharding)
         x, x_out = proj(x, x, t_grid[0], 0)
 
         def step(carry, i):

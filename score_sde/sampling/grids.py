@@ -8,7 +8,7 @@ denser near the data ('quadratic', DDIM's), uniform in log-SNR lambda = log(alph
 `sigma_range=(lo, hi)` (noise levels sigma / alpha) spends the steps where the data changes:
 the named spacing covers [lo, hi], and one step each spans T -> hi and lo -> eps (those ends
 that the SDE reaches). A good range is about half the data's smallest standard deviation to
-twice its diameter; it is the largest gain at low NFE (benchmarks/README.md).
+twice its diameter; DPM-Solver++ gains most from it at low NFE (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def grid_names() -> list[str]:
 
 def get_time_grid(name: str, sde: SDE, n_steps: int, eps: float,
                   sigma_range: tuple[float, float] | None = None) -> np.ndarray:
-    """n_steps + 1 decreasing times from sde.T to eps (float32 numpy)."""
+    """n_steps + 1 decreasing times from sde.T to eps (float32 numpy), see sigma_range above."""
     if name not in _GRIDS:
         raise ValueError(f"grid={name!r} is not a known time grid; choose one of {grid_names()}")
     if n_steps < 1:

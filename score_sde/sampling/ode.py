@@ -82,7 +82,7 @@ def ode_sampler(sde: SDE, shape: tuple[int, ...], *, solver: str = "tsit5", rtol
         if project is not None:
             raise ValueError("the adaptive ODE sampler has no fixed steps to project at; use "
                              "'pc', 'ddim', 'heun' or 'dpm_solver++' for inpainting / colorization")
-        x = prior_sample(sde, rng, shape, sharding)
+        x, _ = prior_sample(sde, rng, shape, sharding)
         x, n = solve_flow(sde, score_fn, x, sde.T, eps, solver=solver, rtol=rtol, atol=atol,
                           n_steps=n_steps, max_steps=max_steps)
         if noise_removal:

@@ -41,8 +41,7 @@ def pc_sampler(sde: SDE, shape: tuple[int, ...], *, predictor: str = "euler_maru
         p_update = pred.factory(sde, score_fn, probability_flow)
         c_update = corr.factory(sde, score_fn, snr, n_steps_each)
         rng, proj = projection_steps(project, rng)
-        rng, prior_rng = jax.random.split(rng)
-        x = prior_sample(sde, prior_rng, shape, sharding)
+        x, rng = prior_sample(sde, rng, shape, sharding)
         x, x_mean = proj(x, x, ts[0], 0)
 
         def step(carry, i):
