@@ -169,7 +169,7 @@ def test_inpainting_with_the_fast_samplers(options):
     # are kept exactly; the unknown ones move from the marginal mean (-0.30, 0.20) towards the
     # conditional (-0.14, 0.12) but keep the replacement bias. Measured mean errors
     # (first coordinate, n = 4000): DDIM -0.085, DDIM eta=1 -0.066, Heun 35 NFE -0.092,
-    # DPM-Solver++ 20 NFE -0.107: 0.42-0.59 of the marginal's distance 0.18 (bound 0.75).
+    # DPM-Solver++ 20 NFE -0.085: 0.42-0.59 of the marginal's distance 0.18 (bound 0.75).
     x = _inpaint(**options)
     known = MASK > 0
     mean, _ = _gaussian_conditional(MEAN4, COV4, known, OBSERVED)

@@ -51,7 +51,7 @@ CASES = {
 # 99th percentile 0.018, max 0.022 (an N-sample Gaussian fit is off by O(tr Sigma / N) ~ 0.003).
 # Measured sampler FDs (worst of vp/subvp/ve, this N and seed): PC 0.0003-0.004, PF predictors
 # 0.005-0.011, ode 0.005, ddim 0.006, ddim eta=1 0.008, heun@35 0.007, heun+churn@99 0.004,
-# dpm_solver++@20 0.006. All sit inside the exact-sample spread, so each gets the floor's 99th
+# dpm_solver++@20 0.007. All sit inside the exact-sample spread, so each gets the floor's 99th
 # percentile plus margin, 0.025. ALD alone at snr=0.16 is biased (measured 0.06-0.37: it mixes
 # poorly at the high-noise end) and gets 0.5.
 FD_BOUND = {name: 0.025 for name in CASES}
