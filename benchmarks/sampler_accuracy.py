@@ -8,7 +8,8 @@ pair's FD is as noisy as the floor itself. The floor is the same distance from f
 sample sets to the same reference sets (mean and std over --floor-pairs sets): what an exact
 sampler would score. Every sampler starts from the same prior draws (same rng), so the
 comparisons between samplers are paired.
-Also: a time-grid study (uniform / quadratic / logsnr / karras at low NFE) and the wall time of
+Also: a time-grid study (uniform / quadratic / logsnr / karras at low NFE, over the SDE's whole
+noise range and over the data's, see noise_range) and the wall time of
 the on-device diffrax ODE sampler against scipy's RK45 over the same score (host round trips).
 
     nice -n 10 python benchmarks/sampler_accuracy.py              # everything (N = 20000)

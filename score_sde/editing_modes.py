@@ -175,14 +175,6 @@ def _merge_options(config) -> tuple[str, dict]:
     return method, options
 
 
-def _labels(config, n: int) -> jax.Array | None:
-    """Class labels for CFG from config.sampling.class_labels (cycled); None: unconditional."""
-    if int(config.model.get("num_classes", 0) or 0) == 0:
-        return None
-    chosen = tuple(config.sampling.get("class_labels", ()) or ())
-    return jnp.asarray(np.resize(np.asarray(chosen, np.int32), n)) if chosen else None
-
-
 def _write(workdir, folder: str, name: str, columns: list[np.ndarray], **arrays) -> Path:
     """A PNG grid with one row per input: columns side by side; plus an .npz of the arrays."""
     out = Path(workdir) / folder
@@ -205,7 +197,8 @@ def _run(config, workdir, images, build, seed: int):
     model = _Model(config, workdir)
     scaler = datasets.get_data_scaler(config)
     inverse = datasets.get_data_inverse_scaler(config)
-    labels = _labels(config, len(images))
+    labels = sampling.class_labels_from_config(config, len(images),
+                                               every_class_by_default=False)
     w = float(config.sampling.get("guidance_scale", 0.0) or 0.0)
     fn = build(model, images.shape, scaler)
 

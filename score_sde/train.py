@@ -242,7 +242,7 @@ class Sampler:
 
     def __init__(self, config, sde, eps: float, model, mesh, n: int | None = None):
         from score_sde.models import utils as mutils
-        from score_sde.sampling import get_sampler_from_config
+        from score_sde.sampling import class_labels_from_config, get_sampler_from_config
 
         self.n = int(n or config.eval.batch_size)
         parallel.check_batch_size(self.n, "config.eval.batch_size", mesh)
@@ -250,7 +250,7 @@ class Sampler:
         shape = (self.n, d.image_size, d.image_size, d.num_channels)
         sample = get_sampler_from_config(config, sde, shape, eps,
                                          sharding=parallel.data_sharding(mesh))
-        labels = _class_labels(config, self.n)
+        labels = class_labels_from_config(config, self.n)
         continuous = bool(config.training.continuous)
         inverse = datasets.get_data_inverse_scaler(config)
 
@@ -276,18 +276,6 @@ class Sampler:
     def __call__(self, params, rng) -> tuple[jax.Array, int]:
         images, nfe = self._run(params, parallel.replicate(rng, self.mesh))
         return images, int(jax.device_get(nfe))
-
-
-def _class_labels(config, n: int) -> jax.Array | None:
-    """Labels of a class-conditional model's samples: sampling.class_labels (or 0..K-1) cycled."""
-    num_classes = int(config.model.get("num_classes", 0))
-    if num_classes <= 0:
-        return None
-    chosen = tuple(config.sampling.get("class_labels", ()) or ()) or tuple(range(num_classes))
-    bad = [c for c in chosen if not 0 <= int(c) < num_classes]
-    if bad:
-        raise ValueError(f"config.sampling.class_labels has {bad}, outside 0..{num_classes - 1}")
-    return jnp.asarray(chosen, jnp.int32)[jnp.arange(n) % len(chosen)]
 
 
 def _snapshot_samples(sampler: Sampler, state, step: int, workdir: Path, writer, config) -> None:

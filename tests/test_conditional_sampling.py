@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs.tiny import get_config
-from score_sde import models, parallel, sde_lib, train
+from score_sde import models, parallel, sampling, sde_lib, train
 
 
 def _config(guidance_scale, class_labels=(3, 7)):
@@ -19,11 +19,14 @@ def _config(guidance_scale, class_labels=(3, 7)):
 
 
 def test_class_labels_cycle_and_are_checked():
-    np.testing.assert_array_equal(train._class_labels(_config(1.0), 5), [3, 7, 3, 7, 3])
-    np.testing.assert_array_equal(train._class_labels(_config(1.0, ()), 3), [0, 1, 2])
-    with pytest.raises(ValueError, match="config.sampling.class_labels"):
-        train._class_labels(_config(1.0, (10,)), 4)
-    assert train._class_labels(get_config(), 4) is None
+    labels = sampling.class_labels_from_config
+    np.testing.assert_array_equal(labels(_config(1.0), 5), [3, 7, 3, 7, 3])
+    np.testing.assert_array_equal(labels(_config(1.0, ()), 3), [0, 1, 2])
+    assert labels(_config(1.0, ()), 3, every_class_by_default=False) is None  # editing modes
+    for every_class in (True, False):
+        with pytest.raises(ValueError, match="config.sampling.class_labels"):
+            labels(_config(1.0, (10,)), 4, every_class_by_default=every_class)
+    assert labels(get_config(), 4) is None
 
 
 def test_guidance_scale_changes_samples_not_their_cost():

@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from score_sde.sampling.correctors import register_corrector
@@ -38,7 +39,7 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
 
 __all__ = ["SAMPLERS", "add_config_fields", "get_sampler", "get_sampler_from_config",
            "get_time_grid", "register_corrector", "register_grid", "register_predictor",
-           "sampler_options_from_config"]
+           "sampler_options_from_config", "class_labels_from_config"]
 
 
 def get_sampler(name: str, sde: SDE, shape: tuple[int, ...], **options) -> Sampler:
@@ -107,6 +108,26 @@ def sampler_options_from_config(config, method: str | None = None) -> tuple[str,
         if name in options:
             options[name] = str(options[name]).lower()
     return method, options
+
+
+def class_labels_from_config(config, n: int,
+                             every_class_by_default: bool = True) -> jax.Array | None:
+    """Labels of n samples of a class-conditional model: config.sampling.class_labels, cycled.
+
+    Without class_labels: every class in turn, or None (the null label: unconditional) when
+    every_class_by_default is False. None for an unconditional model.
+    """
+    num_classes = int(config.model.get("num_classes", 0) or 0)
+    if num_classes <= 0:
+        return None
+    chosen = tuple(config.sampling.get("class_labels", ()) or ())
+    if not chosen and not every_class_by_default:
+        return None
+    chosen = chosen or tuple(range(num_classes))
+    bad = [c for c in chosen if not 0 <= int(c) < num_classes]
+    if bad:
+        raise ValueError(f"config.sampling.class_labels has {bad}, outside 0..{num_classes - 1}")
+    return jnp.asarray(chosen, jnp.int32)[jnp.arange(n) % len(chosen)]
 
 
 def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
