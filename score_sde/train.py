@@ -180,6 +180,7 @@ def train(config, workdir: str | Path, init_from_published: str | None = None
     sampler = None
     try:
         while step < n_iters:
+            ckpts.check()  # a failed background save stops the run before another step
             batch = t.stacked_batch([next(data) for _ in range(t.n_jit)])
             state, step_losses = t.train_call(state, batch)
             bad = bad | ~jnp.all(jnp.isfinite(step_losses))
