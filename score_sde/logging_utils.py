@@ -124,6 +124,7 @@ class _DropLibraryRecords(logging.Filter):
 
     def __init__(self, packages: tuple[str, ...]):
         super().__init__()
+        self.packages = packages
         self.marks = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -131,8 +132,8 @@ class _DropLibraryRecords(logging.Filter):
 
 
 class _DropLibraryTasks(_DropLibraryRecords):
-    """Drops asyncio's "Task/Future exception was never retrieved" when the task or its
-    error comes from the given packages."""
+    """Drops asyncio's "Task/Future exception was never retrieved" when the task, its code or
+    its error names one of the given packages (tensorstore's errors carry their spec)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         import traceback
@@ -140,10 +141,12 @@ class _DropLibraryTasks(_DropLibraryRecords):
         where = record.getMessage()
         if record.exc_info and record.exc_info[2] is not None:
             where += " ".join(f.filename for f in traceback.extract_tb(record.exc_info[2]))
-        return not any(m in where for m in self.marks)
+        if record.exc_info and record.exc_info[1] is not None:
+            where += str(record.exc_info[1])
+        return not any(p in where for p in self.packages)
 
 
-def quiet_library_logs(packages: tuple[str, ...] = ("orbax",)) -> None:
+def quiet_library_logs(packages: tuple[str, ...] = ("orbax", "tensorstore")) -> None:
     """Silence what `packages` log about their own failures: orbax logs a failed background
     save or restore with hundreds of lines of tracebacks from several threads, and leaves
     asyncio tasks whose errors nobody retrieved. The caller reports the failure in one line.

@@ -23,6 +23,7 @@ status 1 (the traceback with --traceback); an unexpected error shows its traceba
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -200,7 +201,7 @@ def check_workdir(workdir: str, mode: str) -> None:
     path = epath.Path(workdir)
     try:
         if path.exists() and not path.is_dir():
-            raise NotADirectoryError(f"--workdir={workdir} is a file, not a directory")
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a directory", workdir)
         if mode in CREATES_WORKDIR:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / f".write_test.{uuid.uuid4().hex}"
@@ -232,20 +233,18 @@ def use_compilation_cache(directory: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from score_sde import logging_utils
-
-    if not FLAGS["verbosity"].present:  # keep library logs (orbax) off the console
-        logging.set_verbosity(logging.WARNING)
-        logging_utils.quiet_library_logs()
-    if FLAGS.progress_every_secs is not None:
-        logging_utils.PROGRESS_EVERY_SECS = FLAGS.progress_every_secs
     try:
         if FLAGS.mode not in MODES:
             raise ValueError(f"--mode={FLAGS.mode!r} is not a mode; choose one of "
                              f"{sorted(MODES)}")
-        check_workdir(FLAGS.workdir, FLAGS.mode)
-        from score_sde import parallel
+        check_workdir(FLAGS.workdir, FLAGS.mode)  # before importing JAX (seconds)
+        from score_sde import logging_utils, parallel
 
+        if not FLAGS["verbosity"].present:  # keep library logs (orbax) off the console
+            logging.set_verbosity(logging.WARNING)
+            logging_utils.quiet_library_logs()
+        if FLAGS.progress_every_secs is not None:
+            logging_utils.PROGRESS_EVERY_SECS = FLAGS.progress_every_secs
         if FLAGS.compilation_cache:
             use_compilation_cache(FLAGS.compilation_cache)
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
