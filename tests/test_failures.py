@@ -288,7 +288,8 @@ def test_training_end_to_end_in_a_log_file_and_on_a_full_disk(tmp_path):
     assert [line for line in _lines(done.stderr) if not line.startswith("train: ")] == [
         f"score_sde: error: could not write the checkpoint {full}/checkpoints/10 (File too "
         f"large); the newest complete checkpoint {full}/checkpoints/5 is kept; the run stopped"]
-    steps = [json.loads(line)["step"] for line in (full / "metrics.jsonl").read_text().split()]
+    records = (full / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in records]
     assert max(steps) <= 15  # the failure is known by the next save at the latest
     assert sorted(p.name for p in (full / "checkpoints").iterdir()) == [
         "10.orbax-checkpoint-tmp", "5"]
