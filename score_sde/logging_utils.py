@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -248,7 +249,7 @@ def image_grid(images: np.ndarray, padding: int = 2, nrow: int | None = None) ->
 
 
 def save_image_grid(path: str | os.PathLike, images: np.ndarray,
-                    scale: int | None = None) -> epath.Path:
+                    scale: int | None = None) -> Path | epath.Path:
     """Write a PNG grid of images (upscaled with nearest neighbour for tiny images)."""
     from PIL import Image
 
@@ -262,13 +263,14 @@ def save_image_grid(path: str | os.PathLike, images: np.ndarray,
     return _write_atomically(epath.Path(path), buffer.getvalue())
 
 
-def _write_atomically(path: epath.Path, data: bytes) -> epath.Path:
-    """Write through a temporary name and rename, so a reader never sees half a file."""
+def _write_atomically(path: epath.Path, data: bytes) -> Path | epath.Path:
+    """Write through a temporary name and rename, so a reader never sees half a file.
+    Returns a pathlib.Path for a local file (what callers stat and compare), else the URI."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
-    return path
+    return path if "://" in str(path) else Path(path)
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, float]]:
@@ -285,7 +287,7 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, float]]:
 
 
 def plot_losses(workdir: str | os.PathLike, path: str | os.PathLike | None = None
-                ) -> epath.Path | None:
+                ) -> Path | epath.Path | None:
     """A PNG of training (and evaluation) loss against step, from metrics.jsonl."""
     records = read_metrics(workdir)
     keys = [k for k in ("train/loss", "eval/loss") if any(k in r for r in records)]
