@@ -28,13 +28,13 @@ import dataclasses
 import functools
 import io
 import multiprocessing
+import multiprocessing.util
 import os
 import queue
 import signal
 import sys
 import threading
 import traceback
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -599,7 +599,10 @@ class WorkerIterator(Iterator[Batch]):
         self._start, self._next, self._stop = start, start, stop
         ctx = multiprocessing.get_context("spawn")
         self._conns, self._procs = [], []
-        self._finalizer = weakref.finalize(self, _shut_down, self._conns, self._procs)
+        # multiprocessing.util.Finalize (not weakref.finalize): at interpreter exit it runs
+        # before multiprocessing terminates daemon children, whom SIGTERM does not stop.
+        self._finalizer = multiprocessing.util.Finalize(
+            self, _shut_down, args=(self._conns, self._procs), exitpriority=10)
         for w in range(num_workers):
             ours, theirs = ctx.Pipe()
             proc = ctx.Process(target=_worker_main, args=(pipeline, theirs), daemon=True,
@@ -627,7 +630,8 @@ class WorkerIterator(Iterator[Batch]):
 
     def __next__(self) -> Batch:
         step = self._next
-        if not self._finalizer.alive or (self._stop is not None and step >= self._stop):
+        if not self._finalizer.still_active() or (self._stop is not None
+                                                   and step >= self._stop):
             self.close()
             raise StopIteration
         worker = (step - self._start) % len(self._conns)

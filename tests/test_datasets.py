@@ -1,4 +1,11 @@
-"""Data pipelines: the digits split, determinism for resumption, per-host slices, sources."""
+"""Data pipelines: the digits split, determinism for resumption, per-host slices, sources,
+worker processes and the corrupt-image policy."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -119,23 +126,198 @@ def test_image_folder(tmp_path):
         datasets.get_source(config, "train")
 
 
-tfds = pytest.importorskip("tensorflow_datasets", reason="the [tfds] extra is not installed")
+# ----------------------------------------------------------------------------- worker processes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_tfds_source_with_mock_data():
+def _write_folder(root, n: int = 20, seed: int = 0) -> list:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True)
+    paths = [root / "train" / f"{i:02d}.png" for i in range(n)]
+    for p in paths:
+        Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(p)
+    return paths
+
+
+def _folder_config(root, **data):
+    config = driver_configs.tiny({"data.dataset": "IMAGE_FOLDER", "data.num_channels": 3,
+                                  "data.random_flip": True, "data.uniform_dequantization": True})
+    config.data.data_dir = str(root)
+    for k, v in data.items():
+        config.data[k] = v
+    return config
+
+
+def _folder_pipeline(config, **kw):
+    return datasets.get_dataset(config, "train", batch_size=4, process_index=0,
+                                process_count=1, **kw)
+
+
+def _gone(pid: int) -> bool:
+    """True once a process has exited and been reaped (no zombie left)."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    _write_folder(root)
+    return root
+
+
+def test_workers_read_the_batches_of_the_main_process(folder):
+    ds = _folder_pipeline(_folder_config(folder, num_workers=0))
+    reference = [ds.batch(s) for s in range(8)]  # 20 images / 4: crosses an epoch at step 5
+    for workers, start in ((1, 0), (2, 0), (2, 5)):  # (2, 5): a run resumed at step 5
+        ds.num_workers = workers
+        it = ds.iterate(start, 8)
+        got = list(it)
+        assert len(got) == 8 - start and all(_gone(pid) for pid in it.pids)
+        for want, have in zip(reference[start:], got, strict=True):
+            np.testing.assert_array_equal(have["image"], want["image"])
+
+
+def test_workers_hold_one_batch_each_and_import_no_jax(tmp_path):
+    log = tmp_path / "decoded.txt"
+    ds = datasets.Pipeline(source=CountingSource(str(log)), global_batch=4, seed=0,
+                           shuffle=False, geometry=datasets.Geometry("resize", 2),
+                           num_workers=2)
+    it = ds.iterate(0)
+    for _ in range(3):
+        next(it)
+    time.sleep(0.5)  # let the workers run ahead as far as they can
+    assert "jax" in sys.modules  # (this process has it, so the check below can fail)
+    for pid in it.pids:
+        assert "jaxlib" not in open(f"/proc/{pid}/maps").read()
+    # 3 batches read + one batch ahead in each of the 2 workers, 4 examples each
+    assert len(log.read_text().split()) == (3 + 2) * 4
+    it.close()
+    assert all(_gone(pid) for pid in it.pids)
+
+
+class CountingSource:
+    """A picklable source that logs every example it decodes (in whichever process)."""
+
+    levels, has_labels = 256, False
+
+    def __init__(self, log: str):
+        self.log = log
+
+    def __len__(self) -> int:
+        return 1000
+
+    def __getitem__(self, index: int) -> dict:
+        with open(self.log, "a") as f:
+            f.write(f"{index} ")
+        return {"image": np.full((2, 2, 1), index % 256, np.uint8)}
+
+
+def test_corrupt_image_skipped_once_with_the_same_batches_in_workers(tmp_path, capfd):
+    clean = _write_folder(tmp_path / "clean")
+    _write_folder(tmp_path / "bad")
+    bad = tmp_path / "bad" / "train" / "07.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # a truncated PNG
+    ds_clean = _folder_pipeline(_folder_config(tmp_path / "clean", num_workers=0))
+    ds = _folder_pipeline(_folder_config(tmp_path / "bad", num_workers=2,
+                                         corrupt_images="skip"))
+    got = list(ds.iterate(0, 15))  # three epochs: both workers meet the bad file
+    err = capfd.readouterr().err
+    assert err.count(str(bad)) == 1 and "warning" in err and len(err.splitlines()) == 1
+    bad_index = [str(p) for p in clean].index(str(clean[7]))
+    for step, batch in enumerate(got):
+        np.testing.assert_array_equal(batch["image"], ds.batch(step)["image"])  # deterministic
+        for i, position in enumerate(ds.positions(step)):
+            if ds._index(position) != bad_index:  # every other example is untouched
+                np.testing.assert_array_equal(batch["image"][i],
+                                              ds_clean.example(position)["image"])
+    assert capfd.readouterr().err == ""  # reported once per process, not once per read
+
+
+def test_corrupt_image_stops_the_run_naming_the_file(tmp_path):
+    _write_folder(tmp_path, n=4)
+    bad = tmp_path / "train" / "02.png"
+    bad.write_bytes(b"not an image")
+    ds = _folder_pipeline(_folder_config(tmp_path, num_workers=0))
+    with pytest.raises(datasets.CorruptImageError, match=str(bad)) as in_process:
+        [ds.batch(s) for s in range(2)]
+    ds.num_workers = 1
+    it = ds.iterate(0, 4)
+    with pytest.raises(datasets.CorruptImageError) as in_worker:
+        list(it)
+    assert str(in_worker.value) == str(in_process.value)  # one line, same as in process
+    assert "\n" not in str(in_worker.value) and isinstance(in_worker.value, ValueError)
+    assert all(_gone(pid) for pid in it.pids)
+
+
+def test_image_folder_without_a_readable_image_names_it(tmp_path):
+    _write_folder(tmp_path, n=2)
+    for p in (tmp_path / "train").iterdir():
+        p.write_bytes(b"\x89PNG broken")
+    with pytest.raises(datasets.DatasetNotFoundError, match=f"none of the 2 .*{tmp_path}"):
+        datasets.get_source(_folder_config(tmp_path), "train")
+
+
+def test_worker_counts_and_policies_from_the_config(folder, config):
+    assert _pipeline(config).num_workers == 0  # in-memory digits: no processes
+    auto = _folder_pipeline(_folder_config(folder, num_workers=-1))
+    assert auto.num_workers == min(len(os.sched_getaffinity(0)), datasets.MAX_AUTO_WORKERS)
+    with pytest.raises(ValueError, match=r"config.data.num_workers=-3"):
+        _folder_pipeline(_folder_config(folder, num_workers=-3))
+    with pytest.raises(ValueError, match=r"config.data.corrupt_images='ignore'.*'skip'"):
+        _folder_pipeline(_folder_config(folder, corrupt_images="ignore"))
+
+
+EXIT_SCRIPT = textwrap.dedent("""
+    import glob, sys
+    sys.path.insert(0, {root!r})
+    from score_sde import datasets
+
+    if __name__ == "__main__":
+        source = datasets.ImageFolder(tuple(sorted(glob.glob({folder!r} + "/train/*.png"))), 3)
+        ds = datasets.Pipeline(source, global_batch=4, seed=0, shuffle=True,
+                               geometry=datasets.Geometry("crop", 8), num_workers=2)
+        it = ds.iterate(0)  # endless, never closed
+        next(it)
+        print(*it.pids, flush=True)
+        {ending}
+""")
+
+
+@pytest.mark.parametrize("ending", ["pass", "raise SystemExit(3)"])
+def test_workers_end_with_the_main_process(folder, tmp_path, ending):
+    script = tmp_path / "run.py"
+    script.write_text(EXIT_SCRIPT.format(root=ROOT, folder=str(folder), ending=ending))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == (3 if "3" in ending else 0), done.stderr
+    pids = [int(p) for p in done.stdout.split()]
+    assert len(pids) == 2 and all(_gone(pid) for pid in pids)
+    assert "Traceback" not in done.stderr and "leaked" not in done.stderr
+
+
+@pytest.fixture
+def tfds():  # imported by the tests that need it (worker processes import this module too)
+    return pytest.importorskip("tensorflow_datasets", reason="the [tfds] extra is not installed")
+
+
+def test_tfds_source_with_mock_data(tfds):
     config = driver_configs.tiny({"data.dataset": "CIFAR10", "data.num_channels": 3,
                                   "data.image_size": 16})
+    config.data.num_workers = 1
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
         ds = datasets.get_dataset(config, "train", batch_size=4, process_index=0,
                                   process_count=1)
-        batches = list(ds.iterate(0, 3))
+        batches = list(ds.iterate(0, 3))  # decoded in a worker process
         again = ds.batch(2)
     assert batches[0]["image"].shape == (4, 16, 16, 3)  # 32x32 resized to image_size
     assert batches[0]["label"].shape == (4,)
     np.testing.assert_array_equal(batches[2]["image"], again["image"])
 
 
-def test_tfds_missing_dataset_says_how_to_prepare_it(tmp_path):
+def test_tfds_missing_dataset_says_how_to_prepare_it(tfds, tmp_path):
     config = driver_configs.tiny({"data.dataset": "CIFAR10"})
     config.data.data_dir = str(tmp_path)
     with pytest.raises(datasets.DatasetNotFoundError, match=r"tfds build cifar10"):
