@@ -340,6 +340,8 @@ def resize_small(x: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     h, w = x.shape[:2]
+    if min(h, w) == size:  # what Pillow returns for a resize to the same size: a copy
+        return x
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     chans = [np.asarray(Image.fromarray(x[..., c].astype(np.float32), mode="F")
@@ -487,14 +489,22 @@ class Pipeline:
         start = step * self.global_batch + self.process_index * self.local_batch
         return range(start, start + self.local_batch)
 
-    def compute_batch(self, step: int) -> tuple[Batch, list[str]]:
-        """`batch(step)` and the corrupt files skipped on the way (reported by the caller)."""
+    def compute_batch(self, step: int, out: Callable[[tuple, np.dtype], np.ndarray] | None = None
+                      ) -> tuple[Batch, list[str]]:
+        """`batch(step)` and the corrupt files skipped on the way (reported by the caller).
+
+        `out(shape, dtype)`, if given, supplies the array the images are stacked into (a worker
+        process's shared memory).
+        """
         if self.num_batches is not None and not 0 <= step < self.num_batches:
             raise IndexError(f"step {step} is outside the {self.num_batches} evaluation batches")
         positions = self.positions(step)
         skipped: list[str] = []
         examples = [self._example(p, skipped) for p in positions]
-        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        image = examples[0]["image"]
+        into = out((len(examples), *image.shape), image.dtype) if out else None
+        batch = {k: np.stack([e[k] for e in examples], out=into if k == "image" else None)
+                 for k in examples[0]}
         if self.pad_last:
             batch["mask"] = np.asarray([p < len(self.source) for p in positions])
         return batch, skipped
@@ -599,10 +609,11 @@ class WorkerIterator(Iterator[Batch]):
         self._start, self._next, self._stop = start, start, stop
         ctx = multiprocessing.get_context("spawn")
         self._conns, self._procs = [], []
+        self._views = [SharedView() for _ in range(num_workers)]
         # multiprocessing.util.Finalize (not weakref.finalize): at interpreter exit it runs
         # before multiprocessing terminates daemon children, whom SIGTERM does not stop.
         self._finalizer = multiprocessing.util.Finalize(
-            self, _shut_down, args=(self._conns, self._procs), exitpriority=10)
+            self, _shut_down, args=(self._conns, self._procs, self._views), exitpriority=10)
         for w in range(num_workers):
             ours, theirs = ctx.Pipe()
             proc = ctx.Process(target=_worker_main, args=(pipeline, theirs), daemon=True,
@@ -646,6 +657,8 @@ class WorkerIterator(Iterator[Batch]):
         if kind == "error":
             self.close()
             raise payload
+        shared = payload["image"]  # copied out before the worker may overwrite it
+        payload["image"] = self._views[worker].view(shared).copy()
         self._next = step + 1
         self._submit(worker, step + len(self._conns))
         return payload
@@ -655,7 +668,9 @@ class WorkerIterator(Iterator[Batch]):
         self._finalizer()
 
 
-def _shut_down(conns: list, procs: list) -> None:
+def _shut_down(conns: list, procs: list, views: list) -> None:
+    for view in views:
+        view.close()
     for conn in conns:  # a worker waiting on its pipe (or writing to it) sees it close
         conn.close()
     for proc in procs:
@@ -666,21 +681,97 @@ def _shut_down(conns: list, procs: list) -> None:
 
 
 def _worker_main(pipeline: Pipeline, conn) -> None:
-    """Worker loop: receive a step, send ('ok', batch, skipped) or ('error', exception, [])."""
+    """Worker loop: receive a step, send ('ok', batch, skipped) or ('error', exception, []).
+
+    The batch's images travel through the worker's shared-memory block (`SharedImages`), the
+    rest (labels, mask, the skipped files) through the pipe.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    images = SharedImages()
     try:
         while True:
             step = conn.recv()
             try:
-                batch, skipped = pipeline.compute_batch(step)
-                conn.send(("ok", batch, skipped))
+                batch, skipped = pipeline.compute_batch(step, out=images.array)
+                message = ("ok", {**batch, "image": images.describe()}, skipped)
+                del batch  # no view of the block may outlive its reuse
             except Exception as e:  # noqa: BLE001  (re-raised in the main process)
                 e.add_note(f"(in data worker process {os.getpid()}, step {step}:)\n"
                            + "".join(traceback.format_exception(e)))
-                conn.send(("error", _portable(e), []))
+                message = ("error", _portable(e.with_traceback(None)), [])
+            conn.send(message)
+            del message
     except (EOFError, OSError):  # the main process closed the pipe or died
         return
+    finally:
+        images.release()
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedArray:
+    """Where a worker left an array: shared-memory block name, shape and dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class SharedImages:
+    """A worker's shared-memory block for the images of its one finished batch.
+
+    The worker writes batch s into it only after the main process has asked for the next
+    step, i.e. after it has copied batch s - num_workers out, so one block per worker serves
+    the whole run (created on the first batch, unlinked when the worker exits). Images
+    through shared memory cost the main process one copy, instead of reading and unpickling
+    them from a pipe.
+    """
+
+    def __init__(self):
+        self._shm = None
+        self._last: SharedArray | None = None
+
+    def array(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        from multiprocessing import shared_memory
+
+        nbytes = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
+        if self._shm is None or self._shm.size < nbytes:
+            self.release()
+            self._shm = shared_memory.SharedMemory(create=True, size=nbytes)
+        self._last = SharedArray(self._shm.name, tuple(shape), np.dtype(dtype).str)
+        return np.ndarray(shape, dtype, buffer=self._shm.buf)
+
+    def describe(self) -> SharedArray:
+        return self._last
+
+    def release(self) -> None:
+        if self._shm is not None:
+            try:
+                self._shm.close()
+            except BufferError:  # a view is still alive: the mapping goes with the process
+                pass
+            self._shm.unlink()
+            self._shm = None
+
+
+class SharedView:
+    """The main process's attachment to one worker's block (re-attached if it changes)."""
+
+    def __init__(self):
+        self._shm = None
+
+    def view(self, ref: SharedArray) -> np.ndarray:
+        from multiprocessing import shared_memory
+
+        if self._shm is None or self._shm.name != ref.name:
+            self.close()
+            self._shm = shared_memory.SharedMemory(name=ref.name)
+        return np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=self._shm.buf)
+
+    def close(self) -> None:
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
 
 
 def _portable(e: Exception) -> Exception:

@@ -236,7 +236,7 @@ def test_corrupt_image_skipped_once_with_the_same_batches_in_workers(tmp_path, c
     assert capfd.readouterr().err == ""  # reported once per process, not once per read
 
 
-def test_corrupt_image_stops_the_run_naming_the_file(tmp_path):
+def test_corrupt_image_stops_the_run_naming_the_file(tmp_path, capfd):
     _write_folder(tmp_path, n=4)
     bad = tmp_path / "train" / "02.png"
     bad.write_bytes(b"not an image")
@@ -250,6 +250,7 @@ def test_corrupt_image_stops_the_run_naming_the_file(tmp_path):
     assert str(in_worker.value) == str(in_process.value)  # one line, same as in process
     assert "\n" not in str(in_worker.value) and isinstance(in_worker.value, ValueError)
     assert all(_gone(pid) for pid in it.pids)
+    assert capfd.readouterr().err == ""  # nothing else from the worker
 
 
 def test_image_folder_without_a_readable_image_names_it(tmp_path):
