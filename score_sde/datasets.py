@@ -532,13 +532,18 @@ _reported: set[str] = set()  # corrupt files already reported by this process
 
 
 def report_skipped(paths: list[str]) -> None:
-    """One line on stderr per corrupt file skipped, the first time this process meets it."""
+    """One line on stderr per corrupt file skipped, the first time this process meets it.
+
+    Written with tqdm.write, which moves a progress bar out of the way instead of tearing it.
+    """
+    from tqdm import tqdm
+
     for path in dict.fromkeys(paths):
         if path not in _reported:
             _reported.add(path)
-            print(f"score_sde: warning: skipped the corrupt dataset image {path}; other images "
-                  "of the dataset are read in its place (config.data.corrupt_images='skip')",
-                  file=sys.stderr, flush=True)
+            tqdm.write(f"score_sde: warning: skipped the corrupt dataset image {path}; other "
+                       "images of the dataset are read in its place "
+                       "(config.data.corrupt_images='skip')", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- in-process readers

@@ -323,3 +323,37 @@ def test_tfds_missing_dataset_says_how_to_prepare_it(tfds, tmp_path):
     config.data.data_dir = str(tmp_path)
     with pytest.raises(datasets.DatasetNotFoundError, match=r"tfds build cifar10"):
         datasets.get_source(config, "train")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_training_on_a_folder_with_a_corrupt_image(tmp_path, policy):
+    """`--mode train` with 2 data workers: one line and exit 1, or one warning and a full run."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for i in range(16):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+                tmp_path / "data" / split / f"{i:02d}.png")
+    bad = tmp_path / "data" / "train" / "05.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    overrides = {"data.dataset": "IMAGE_FOLDER", "data.num_workers": 2,
+                 "data.corrupt_images": policy, "training.n_iters": 6}
+    args = [*driver_configs.cli(overrides), f"--config.data.data_dir={tmp_path / 'data'}",
+            f"--workdir={tmp_path / 'run'}", "--mode=train"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    done = subprocess.run([sys.executable, "-m", "score_sde.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [line for line in done.stderr.splitlines() if str(bad) in line]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(lines) == 1, done.stderr[-3000:]
+    if policy == "error":
+        assert done.returncode == 1
+        assert lines[0].startswith("score_sde: error: cannot decode the dataset image")
+        assert done.stderr.strip().splitlines()[-1] == lines[0]
+    else:
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert lines[0].startswith("score_sde: warning: skipped the corrupt dataset image")
