@@ -24,6 +24,7 @@ and `num_workers=0` read in this process with threads, as before.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -624,7 +625,8 @@ class WorkerIterator(Iterator[Batch]):
             proc = ctx.Process(target=_worker_main, args=(pipeline, theirs), daemon=True,
                                name=f"score_sde-data-{w}")
             try:
-                proc.start()
+                with _stop_signals_blocked():  # the worker starts deaf to them: see _worker_main
+                    proc.start()
             except Exception as e:  # e.g. a source that cannot be pickled
                 self.close()
                 raise ValueError(f"config.data.num_workers={num_workers}: the dataset cannot be "
@@ -654,10 +656,14 @@ class WorkerIterator(Iterator[Batch]):
         try:
             kind, payload, skipped = self._conns[worker].recv()
         except (EOFError, OSError):
-            code = self._procs[worker].join(5) or self._procs[worker].exitcode
+            proc = self._procs[worker]
+            proc.join(5)
             self.close()
-            raise RuntimeError(f"data worker {worker} died (exit code {code}); if the system "
-                               "ran out of memory, lower config.data.num_workers") from None
+            raise RuntimeError(
+                f"data worker {worker} (pid {proc.pid}) stopped with exit code {proc.exitcode}; "
+                "its error, if any, is printed above. A script that reads with workers needs "
+                "`if __name__ == '__main__':` around its main code; a worker killed for memory "
+                "(exit code -9) needs a lower config.data.num_workers") from None
         report_skipped(skipped)
         if kind == "error":
             self.close()
@@ -671,6 +677,25 @@ class WorkerIterator(Iterator[Batch]):
     def close(self) -> None:
         """Stop the workers and reap them (idempotent)."""
         self._finalizer()
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    """Block SIGINT/SIGTERM in this thread meanwhile; a process started here inherits it."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # its first start would unblock them on its way out
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _shut_down(conns: list, procs: list, views: list) -> None:
@@ -691,8 +716,10 @@ def _worker_main(pipeline: Pipeline, conn) -> None:
     The batch's images travel through the worker's shared-memory block (`SharedImages`), the
     rest (labels, mask, the skipped files) through the pipe.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in _STOP_SIGNALS:  # ignored, then unblocked: one sent at start-up is dropped too
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     images = SharedImages()
     try:
         while True:
