@@ -489,18 +489,22 @@ class Pipeline:
                       ) -> tuple[Batch, list[str]]:
         """`batch(step)` and the corrupt files skipped on the way (reported by the caller).
 
-        `out(shape, dtype)`, if given, supplies the array the images are stacked into (a worker
-        process's shared memory).
+        `out(shape, dtype)`, if given, supplies the array the images are written into (a worker
+        process's shared memory). Examples are written into the batch one by one, so building
+        it holds one batch and one example, not a list of examples besides.
         """
         if self.num_batches is not None and not 0 <= step < self.num_batches:
             raise IndexError(f"step {step} is outside the {self.num_batches} evaluation batches")
         positions = self.positions(step)
         skipped: list[str] = []
-        examples = [self._example(p, skipped) for p in positions]
-        image = examples[0]["image"]
-        into = out((len(examples), *image.shape), image.dtype) if out else None
-        batch = {k: np.stack([e[k] for e in examples], out=into if k == "image" else None)
-                 for k in examples[0]}
+        first = self._example(positions[0], skipped)
+        batch = {k: np.empty((len(positions), *np.shape(v)), np.asarray(v).dtype)
+                 for k, v in first.items() if not (out and k == "image")}
+        if out:
+            batch["image"] = out((len(positions), *first["image"].shape), first["image"].dtype)
+        for i, p in enumerate(positions):  # written in place: no list of examples held
+            for k, v in (first if i == 0 else self._example(p, skipped)).items():
+                batch[k][i] = v
         if self.pad_last:
             batch["mask"] = np.asarray([p < len(self.source) for p in positions])
         return batch, skipped
