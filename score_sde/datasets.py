@@ -272,6 +272,24 @@ def _first_readable(files: tuple[str, ...], num_channels: int) -> int | None:
     return None
 
 
+def list_images(base) -> tuple[str, ...]:
+    """The image files under an epath folder (any depth), sorted, as path strings.
+
+    fsspec's walk (etils' gs:// backend without TensorFlow) yields its folders without the
+    'gs://' prefix, which is put back so that the files are read from the bucket.
+    """
+    top = os.fspath(base)
+    scheme = top[:top.index("://") + 3] if "://" in top else ""
+    files = []
+    for folder, _, names in base.walk():
+        folder = os.fspath(folder)
+        if scheme and not folder.startswith(scheme):
+            folder = scheme + folder.lstrip("/")
+        files += [f"{folder.rstrip('/')}/{name}" for name in names
+                  if name.lower().endswith(IMAGE_SUFFIXES)]
+    return tuple(sorted(files))
+
+
 def image_folder_source(config, split: str) -> ImageFolder:
     field = "config.data.data_dir"
     root = config.data.get("data_dir", None)
@@ -284,8 +302,7 @@ def image_folder_source(config, split: str) -> ImageFolder:
             f"DIR/test/ (or directly in DIR) and pass --config.data.data_dir=DIR")
     base = epath.Path(root) / split
     base = base if base.is_dir() else epath.Path(root)
-    files = tuple(sorted(os.fspath(folder / name) for folder, _, names in base.walk()
-                         for name in names if name.lower().endswith(IMAGE_SUFFIXES)))
+    files = list_images(base)
     if not files:
         raise DatasetNotFoundError(f"{field}={root!r}: no {'/'.join(IMAGE_SUFFIXES)} images "
                                    f"under {base}")

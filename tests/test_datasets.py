@@ -305,6 +305,21 @@ def test_workers_end_with_the_main_process(folder, tmp_path, ending):
     assert "Traceback" not in done.stderr and "leaked" not in done.stderr
 
 
+def test_bucket_listing_keeps_the_scheme():
+    """fsspec's walk drops 'gs://' from the folders it yields; the file paths keep it."""
+
+    class Bucket:
+        def __fspath__(self):
+            return "gs://bucket/data/train"
+
+        def walk(self):
+            yield "bucket/data/train", ["a"], ["1.png", "notes.txt"]
+            yield "bucket/data/train/a", [], ["0.JPG"]
+
+    assert datasets.list_images(Bucket()) == ("gs://bucket/data/train/1.png",
+                                              "gs://bucket/data/train/a/0.JPG")
+
+
 @pytest.fixture
 def tfds():  # imported by the tests that need it (worker processes import this module too)
     return pytest.importorskip("tensorflow_datasets", reason="the [tfds] extra is not installed")
