@@ -179,6 +179,14 @@ def test_workers_read_the_batches_of_the_main_process(folder):
         assert len(got) == 8 - start and all(_gone(pid) for pid in it.pids)
         for want, have in zip(reference[start:], got, strict=True):
             np.testing.assert_array_equal(have["image"], want["image"])
+    padded = datasets.get_dataset(_folder_config(folder, num_workers=1), "train", batch_size=8,
+                                  shuffle=False, pad_last=True, process_index=0,
+                                  process_count=1)  # evaluation: 20 images, the last padded
+    got = list(padded.iterate())
+    assert [int(b["mask"].sum()) for b in got] == [8, 8, 4]
+    for step, batch in enumerate(got):
+        for key, value in padded.batch(step).items():
+            np.testing.assert_array_equal(batch[key], value)
 
 
 def test_workers_hold_one_batch_each_and_import_no_jax(tmp_path):
