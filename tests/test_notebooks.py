@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -198,3 +199,19 @@ def test_setup_without_network_names_the_url(setup_cell, tmp_path):
         setup_cell["clone"](url, str(tmp_path / "clone"))
     assert url in str(err.value) and "REPO_URL" in str(err.value)
     assert setup_cell["clone"](str(tmp_path), str(tmp_path / "clone")) == str(tmp_path)
+
+
+def test_setup_installs_from_repo_url_when_missing(setup_cell, monkeypatch, tmp_path, capsys):
+    # The whole install branch, with pip replaced by a recorder: this checkout as REPO_URL.
+    from importlib.metadata import version
+
+    calls = []
+    monkeypatch.setattr(setup_cell["importlib"].util, "find_spec", lambda name: None)
+    monkeypatch.setattr(setup_cell["subprocess"], "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.chdir(tmp_path)  # outside any checkout
+    setup_cell["ensure_score_sde"](str(ROOT))
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", str(ROOT),
+                      f"jax=={version('jax')}", f"jaxlib=={version('jaxlib')}"]]
+    assert Path.cwd() == NOTEBOOK_DIR  # where the notebooks find ../tests/fixtures
+    out = capsys.readouterr().out
+    assert f"installing score_sde from {ROOT}; keeping the runtime's jax==" in out
