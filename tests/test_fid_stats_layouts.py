@@ -41,6 +41,23 @@ def test_framework_layout_round_trip_says_so(tmp_path, pool_3, capsys):
     assert "this framework's layout (mu, sigma, features)" in capsys.readouterr().out
 
 
+def test_statistics_files_may_live_in_a_bucket(tmp_path, pool_3, capsys):
+    # gs:// goes through etils.epath: here its file system is mocked onto tmp_path.
+    from etils.epath import testing as epath_testing
+
+    (tmp_path / "bucket").mkdir()
+    local = lambda fn, path, *args, **kwargs: fn(
+        str(tmp_path / str(path).removeprefix("gs://")), *args, **kwargs)
+    with epath_testing.mock_epath(open=local, exists=local):
+        stats.save_statistics("gs://bucket/ours.npz", {"mu": pool_3.mean(0), "sigma": np.eye(6)})
+        loaded = stats.load_statistics("gs://bucket/ours.npz")
+        with pytest.raises(FileNotFoundError, match="gs://bucket/missing.npz"):
+            stats.load_statistics("gs://bucket/missing.npz")
+    np.testing.assert_array_equal(loaded["mu"], pool_3.mean(0))
+    assert (tmp_path / "bucket" / "ours.npz").is_file()
+    assert "gs://bucket/ours.npz: this framework's layout" in capsys.readouterr().out
+
+
 def test_eval_scores_the_same_against_either_layout(tmp_path):
     # The same features, stored in both layouts, give the same FD and KID in evaluate_samples.
     rng = np.random.default_rng(1)
