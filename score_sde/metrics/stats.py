@@ -140,8 +140,9 @@ def save_statistics(path: str | Path, stats: Mapping[str, np.ndarray]) -> None:
 # The statistics files published with score_sde hold TF-GAN Inception pool_3 features only.
 PUBLISHED_FEATURES_KEY = "pool_3"
 PUBLISHED_LAYOUT_NOTE = (
-    "features of TF-GAN's Inception, not the pytorch-fid network this framework scores samples "
-    "with: FID/KID against them are not directly comparable with published numbers")
+    "features of TF-GAN's Inception, not of the pytorch-fid network that scores samples here, "
+    "so FID/KID against them are not directly comparable (neither with FIDs against statistics "
+    "from --mode fid_stats nor with published numbers)")
 
 
 def load_statistics(path: str | Path) -> dict[str, np.ndarray]:
