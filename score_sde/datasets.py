@@ -440,6 +440,9 @@ class Pipeline:
                              f"of {self.global_batch}; lower the batch size")
         self._perms: dict[int, np.ndarray] = {}
 
+    def __getstate__(self) -> dict:  # sent to worker processes without the permutation cache
+        return {**self.__dict__, "_perms": {}}
+
     @property
     def num_batches(self) -> int | None:
         """Batches in one pass (evaluation), None for the endless training stream."""
