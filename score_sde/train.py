@@ -158,6 +158,13 @@ class Trainer:
         self.train_ds = datasets.get_dataset(config, "train")
         self.eval_ds = datasets.get_dataset(config, "test")
 
+    def abstract_state(self) -> losses.TrainState:
+        """Shapes and (replicated) shardings of the state: the restore target. A resumed run
+        needs no initialisation, so a requeued job skips compiling it."""
+        shapes = jax.eval_shape(lambda r: losses.init_train_state(
+            r, self.config, self.model, self.optimizer), jax.random.PRNGKey(0))
+        return checkpoints.abstract_like(shapes, parallel.replicated(self.mesh))
+
     def init_state(self) -> losses.TrainState:
         rng = jax.random.PRNGKey(int(self.config.seed))
         state = jax.jit(lambda r: losses.init_train_state(r, self.config, self.model,
@@ -232,7 +239,9 @@ def _train(config, workdir: epath.Path, init_from_published: str | None,
     t = Trainer(config, workdir)
     ckpts = checkpoints.Checkpoints(workdir)
     writer = log.MetricWriter(workdir)
-    state, resumed = ckpts.restore_latest(t.init_state())
+    state, resumed = ckpts.restore_latest(t.abstract_state())
+    if resumed is None:
+        state = t.init_state()
     if resumed is not None:
         log.say(f"Resuming from the checkpoint at step {resumed} in {workdir}"
                 + (" (--init_from_published is ignored)" if init_from_published else ""))
