@@ -198,3 +198,37 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 def test_bad_schedule_or_batch_is_one_clear_error(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
         train.train(driver_configs.tiny({**SCHEDULE, field: value}), tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_second_train_is_refused_and_sigterm_exits_75(tmp_path):
+    """Through score_sde.main: a second `train` on a held workdir ends in one line naming the
+    holder (exit 1); SIGTERM to the first saves a checkpoint and exits 75 with one line."""
+    long = {**SCHEDULE, "training.n_iters": 400, "training.eval_freq": 400,
+            "training.snapshot_freq": 400, "training.snapshot_freq_for_preemption": 400}
+    cmd = [sys.executable, "-m", "score_sde.main", f"--workdir={tmp_path / 'w'}",
+           *driver_configs.cli(long)]
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not (
+                (tmp_path / "w" / log.METRICS_FILE).exists() and _losses(tmp_path / "w")):
+            time.sleep(0.2)
+        second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert second.returncode == 1, second.stderr[-2000:]
+    errors = [line for line in second.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and f"pid {proc.pid}, since " in errors[0], second.stderr[-2000:]
+    assert proc.returncode == preemption.EXIT_PREEMPTED, (tmp_path / "err").read_text()[-2000:]
+    stops = [line for line in (tmp_path / "out").read_text().splitlines() if "pre-empted" in line]
+    assert len(stops) == 1 and stops[0].endswith("exit 75 = resume me"), stops
+    saved = int(stops[0].split("at step ")[1].split()[0])
+    assert checkpoints.is_complete(tmp_path / "w" / checkpoints.META_DIR / str(saved))
+    assert max(_losses(tmp_path / "w")) <= saved < long["training.n_iters"]
+    assert "got SIGTERM" in (tmp_path / "err").read_text()
+    assert not (tmp_path / "w" / run_lease.LEASE_FILE).exists()
