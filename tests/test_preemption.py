@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,27 @@ def test_slurm_script_requeues_only_a_preempted_run(tmp_path, srun_status, resta
     got_status, told = _sbatch(tmp_path, srun_status, restarts)
     assert got_status == status
     assert told == ("requeue 4242\n" if requeued else "")
+
+
+def test_multi_gpu_script_passes_sigterm_to_every_process_and_exits_75(tmp_path):
+    stubs, log = tmp_path / "bin", tmp_path / "python.log"
+    stubs.mkdir()
+    (stubs / "python").write_text(  # a training process: exits 75 on SIGTERM
+        f"#!/bin/bash\necho started >> {log}\ntrap 'echo term >> {log}; exit 75' TERM\n"
+        "while true; do sleep 0.05; done\n")
+    (stubs / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "NUM_PROCESSES": "2",
+           "PORT": "1"}
+    proc = subprocess.Popen(["bash", str(ROOT / "launch" / "multi_gpu.sh"), "cfg.py", "wd"],
+                            env=env)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and (
+                not log.exists() or log.read_text().count("started") < 2):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == preemption.EXIT_PREEMPTED
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sorted(log.read_text().split()) == ["started", "started", "term", "term"]
