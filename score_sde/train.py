@@ -2,9 +2,9 @@
 
 One jitted call runs `config.training.n_jitted_steps` optimiser steps (`lax.scan` over a
 stacked batch) with the state replicated and the batch sharded on the mesh's 'data' axis; the
-state buffers are donated. The host waits for the device only every `training.log_freq` steps
-and before a checkpoint is written, and a NaN/Inf loss found then stops the run before anything
-non-finite is saved.
+state buffers are donated. The host keeps one call queued ahead of the device (it reads each
+call's stop vote, below, one call late); a NaN/Inf loss, checked every `training.log_freq`
+steps and before a checkpoint is written, stops the run before anything non-finite is saved.
 
 Around the loop: the run holds its workdir (run_lease: one training run per workdir), records
 its config there (run_config), and turns SIGTERM/SIGINT into a checkpoint and exit status 75
@@ -240,8 +240,7 @@ def _train(config, workdir: epath.Path, init_from_published: str | None,
     ckpts = checkpoints.Checkpoints(workdir)
     writer = log.MetricWriter(workdir)
     state, resumed = ckpts.restore_latest(t.abstract_state())
-    if resumed is None:
-        state = t.init_state()
+    state = state if resumed is not None else t.init_state()
     if resumed is not None:
         log.say(f"Resuming from the checkpoint at step {resumed} in {workdir}"
                 + (" (--init_from_published is ignored)" if init_from_published else ""))
@@ -264,12 +263,12 @@ def _train(config, workdir: epath.Path, init_from_published: str | None,
     bar = log.progress(total=n_iters, initial=step, desc="train", unit="step")
     tick, tick_step = time.perf_counter(), step
     sampler = None
-    stop = None  # the previous call's "some process was asked to stop"
+    stop = None  # the last call's "some process was asked to stop", read after the next call
     try:
         while step < n_iters:
             batch = t.stacked_batch([next(data) for _ in range(t.n_jit)])
-            stop_before, (state, step_losses, stop) = stop, t.train_call(
-                state, batch, t.votes(guard.requested))
+            stop_before = stop
+            state, step_losses, stop = t.train_call(state, batch, t.votes(guard.requested))
             bad = bad | ~jnp.all(jnp.isfinite(step_losses))
             step += t.n_jit
             bar.update(t.n_jit)
