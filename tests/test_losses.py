@@ -131,3 +131,17 @@ def test_ema_warmup_weighs_out_the_initialisation():
     for r in rates:
         ema = losses.ema_update(ema, {"a": jnp.zeros(1)}, r)
     assert float(ema["a"][0]) < 1e-20 and weight_constant > 0.04
+
+
+def test_published_loss_values_unchanged():
+    """DSM (sigma^2 and likelihood weighting), SMLD and DDPM losses equal the values recorded at
+    main's code before the parameterisation object (tests/fixtures/record_loss_values.py)."""
+    import json
+
+    from tests.fixtures import record_loss_values as record
+
+    expected = json.loads(record.FIXTURE.read_text())
+    assert sorted(expected) == sorted(record.CASES)
+    got = record.loss_values()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-6), name
