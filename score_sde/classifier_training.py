@@ -42,12 +42,10 @@ def noisy_classification_loss(rng: Array, classifier_fn, batch: Batch, sde: sde_
 def init_classifier_state(rng: Array, config,
                           optimizer: optax.GradientTransformation | None = None
                           ) -> losses.TrainState:
-    """Fresh classifier parameters (EMA = params), optimizer state and PRNG key."""
+    """Fresh classifier parameters (EMA = a copy of them), optimizer state and PRNG key."""
     init_rng, state_rng = jax.random.split(rng)
     params = cls_models.init_classifier(init_rng, config)
-    optimizer = optimizer or losses.get_optimizer(config)
-    return losses.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             opt_state=optimizer.init(params), ema_params=params, rng=state_rng)
+    return losses.new_train_state(params, optimizer or losses.get_optimizer(config), state_rng)
 
 
 def get_classifier_step_fn(config, sde: sde_lib.SDE, model,
@@ -55,30 +53,14 @@ def get_classifier_step_fn(config, sde: sde_lib.SDE, model,
                            eps: float = 1e-5
                            ) -> Callable[[losses.TrainState, Batch], tuple[losses.TrainState,
                                                                            dict[str, Array]]]:
-    """Pure, jittable `step(state, batch) -> (state, {'loss', 'accuracy'})`.
+    """Pure, jittable `step(state, batch) -> (state, {'loss', 'accuracy'})`, built by
+    `losses.build_step_fn` (EMA rate config.classifier.ema_rate, default 0.999)."""
 
-    Training updates params, optimizer state and EMA (rate config.classifier.ema_rate, default
-    0.999); evaluation scores the EMA parameters and only advances the PRNG key.
-    """
-    ema_rate = float(config.classifier.get("ema_rate", 0.999))
-
-    def loss_fn(params, rng, batch):
+    def loss_fn(rng, params, batch):
         noise_rng, drop_rng = jax.random.split(rng)
         fn = cls_models.get_classifier_fn(sde, model, params, train=train, rng=drop_rng)
-        return noisy_classification_loss(noise_rng, fn, batch, sde, eps)
+        loss, acc = noisy_classification_loss(noise_rng, fn, batch, sde, eps)
+        return loss, {"loss": loss, "accuracy": acc}
 
-    def step(state, batch):
-        rng, step_rng = jax.random.split(state.rng)
-        if not train:
-            loss, acc = loss_fn(state.ema_params, step_rng, batch)
-            return state.replace(rng=rng), {"loss": loss, "accuracy": acc}
-        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, step_rng,
-                                                                       batch)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=losses.ema_update(state.ema_params, params, ema_rate),
-                              rng=rng)
-        return state, {"loss": loss, "accuracy": acc}
-
-    return step
+    return losses.build_step_fn(loss_fn, optimizer, train,
+                                float(config.classifier.get("ema_rate", 0.999)))

@@ -14,11 +14,12 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from score_sde import sde_lib
+from score_sde.models import parameterization as param_lib
 from score_sde.models import utils as mutils
+from score_sde.models.parameterization import Parameterization
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -58,10 +59,17 @@ def init_train_state(rng: Array, config, model=None, optimizer=None) -> TrainSta
     init_rng, state_rng = jax.random.split(rng)
     params = models.init_model(init_rng, config)
     optimizer = optimizer if optimizer is not None else get_optimizer(config)
-    # The EMA gets buffers of its own, so that a jitted step may donate the whole state.
+    return new_train_state(params, optimizer, state_rng)
+
+
+def new_train_state(params, optimizer: optax.GradientTransformation, rng: Array) -> TrainState:
+    """Step 0 of `params` (score model or classifier): optimizer state, EMA = params, key.
+
+    The EMA gets buffers of its own, so that a jitted step may donate the whole state.
+    """
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params),
-                      ema_params=jax.tree.map(jnp.copy, params), rng=state_rng)
+                      ema_params=jax.tree.map(jnp.copy, params), rng=rng)
 
 
 def _reduce_op(reduce_mean: bool) -> Callable[[Array], Array]:
@@ -101,91 +109,63 @@ def dsm_losses(rng: Array, score_fn, x: Array, sde: sde_lib.SDE, reduce_mean: bo
     return reduce_op(jnp.square(sde_lib.batch_mul(std, score) + z))
 
 
-def get_sde_loss_fn(sde: sde_lib.SDE, model, train: bool, reduce_mean: bool = True,
-                    continuous: bool = True, likelihood_weighting: bool = False,
-                    eps: float = 1e-5, num_classes: int = 0,
-                    class_dropout: float = 0.0) -> LossFn:
-    """Continuous DSM loss of a score network (see `dsm_losses`), averaged over the batch."""
-
-    def loss_fn(rng, params, batch):
+def _loss_keys(rng: Array, discrete: bool) -> tuple[Array, Array, Array, Array]:
+    """(t, noise, dropout, class-label) keys. The discrete losses keep the published SMLD/DDPM
+    key layout, so that a fixed key gives the same loss as before the parameterisation object."""
+    if discrete:
+        t_rng, z_rng, drop_rng, label_rng = jax.random.split(rng, 4)
+    else:
         noise_rng, drop_rng, label_rng = jax.random.split(rng, 3)
-        labels = _class_labels(label_rng, batch, num_classes, class_dropout)
-        score_fn = mutils.get_score_fn(sde, model, params, train=train, continuous=continuous,
-                                       rng=drop_rng, labels=labels)
-        return jnp.mean(dsm_losses(noise_rng, score_fn, batch["image"], sde, reduce_mean,
-                                   likelihood_weighting, eps))
-
-    return loss_fn
+        t_rng, z_rng = jax.random.split(noise_rng)
+    return t_rng, z_rng, drop_rng, label_rng
 
 
-def get_smld_loss_fn(vesde: sde_lib.VESDE, model, train: bool, reduce_mean: bool = False,
-                     num_classes: int = 0, class_dropout: float = 0.0) -> LossFn:
-    """SMLD (NCSN) loss: sigma_i^2-weighted DSM over the discrete noise ladder.
+def get_param_loss_fn(param: Parameterization, model, train: bool, reduce_mean: bool = True,
+                      weighting: str | None = None, eps: float = 1e-5, num_classes: int = 0,
+                      class_dropout: float = 0.0) -> LossFn:
+    """Batch-mean of weight(t) |F(x_t) - target|^2, all from the parameterisation `param`.
 
-    The network's label is the index into the noise ladder ordered from sigma_max down, as
-    in the published NCSN models.
+    t ~ param.sample_t (U(eps, T); the discrete ladder for DDPM/SMLD; log-normal sigma for EDM),
+    x_t = alpha x + sigma z with param.coeffs. weighting: 'sigma2' (the published DSM, SMLD and
+    DDPM losses), 'likelihood' (g^2, continuous time) or 'edm'; default param's own.
     """
-    if not isinstance(vesde, sde_lib.VESDE):
-        raise ValueError("the discrete SMLD loss needs config.training.sde='vesde'")
-    sigmas = jnp.asarray(vesde.discrete_sigmas[::-1].copy(), jnp.float32)
+    weighting = weighting or param.default_weighting()
+    discrete = isinstance(param, (param_lib.DDPMDiscrete, param_lib.SMLDDiscrete))
     reduce_op = _reduce_op(reduce_mean)
 
     def loss_fn(rng, params, batch):
         x = batch["image"]
-        idx_rng, z_rng, drop_rng, label_rng = jax.random.split(rng, 4)
+        t_rng, z_rng, drop_rng, label_rng = _loss_keys(rng, discrete)
         y = _class_labels(label_rng, batch, num_classes, class_dropout)
         model_fn = mutils.get_model_fn(model, params, train=train, rng=drop_rng, y=y)
-        idx = jax.random.randint(idx_rng, (x.shape[0],), 0, vesde.N)
-        sigma = sigmas[idx]
-        noise = sde_lib.batch_mul(sigma, jax.random.normal(z_rng, x.shape))
-        score = model_fn(x + noise, idx)
-        target = -sde_lib.batch_mul(1.0 / sigma**2, noise)
-        return jnp.mean(reduce_op(jnp.square(score - target)) * sigma**2)
-
-    return loss_fn
-
-
-def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, model, train: bool, reduce_mean: bool = True,
-                     num_classes: int = 0, class_dropout: float = 0.0) -> LossFn:
-    """DDPM loss: the network predicts eps in x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps."""
-    if not isinstance(vpsde, sde_lib.VPSDE):
-        raise ValueError("the discrete DDPM loss needs config.training.sde='vpsde'")
-    alphas_cumprod = np.asarray(vpsde.alphas_cumprod)
-    sqrt_ab = jnp.asarray(np.sqrt(alphas_cumprod), jnp.float32)
-    sqrt_1m_ab = jnp.asarray(np.sqrt(1.0 - alphas_cumprod), jnp.float32)
-    reduce_op = _reduce_op(reduce_mean)
-
-    def loss_fn(rng, params, batch):
-        x = batch["image"]
-        idx_rng, z_rng, drop_rng, label_rng = jax.random.split(rng, 4)
-        y = _class_labels(label_rng, batch, num_classes, class_dropout)
-        model_fn = mutils.get_model_fn(model, params, train=train, rng=drop_rng, y=y)
-        idx = jax.random.randint(idx_rng, (x.shape[0],), 0, vpsde.N)
+        t = param.sample_t(t_rng, x.shape[0], eps)
         noise = jax.random.normal(z_rng, x.shape)
-        perturbed = sde_lib.batch_mul(sqrt_ab[idx], x) + sde_lib.batch_mul(sqrt_1m_ab[idx], noise)
-        return jnp.mean(reduce_op(jnp.square(model_fn(perturbed, idx) - noise)))
+        alpha, sigma = param.coeffs(t)
+        x_t = sde_lib.batch_mul(alpha, x) + sde_lib.batch_mul(sigma, noise)
+        error = param.network_output(model_fn, x_t, t) - param.target(x, noise, x_t, t)
+        return jnp.mean(reduce_op(jnp.square(error)) * param.loss_weight(t, weighting))
 
     return loss_fn
 
 
 def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> LossFn:
-    """The loss the config trains with (continuous DSM, or SMLD/DDPM when not continuous)."""
+    """The loss the config trains with: continuous DSM (sigma^2 or likelihood weighting), SMLD/DDPM
+    when not continuous, EDM's for EDM preconditioning (`parameterization.from_config`)."""
     tr = config.training
     cond = dict(num_classes=int(config.model.get("num_classes", 0)),
                 class_dropout=float(tr.get("class_dropout", 0.0)) if train else 0.0)
-    if tr.continuous:
-        return get_sde_loss_fn(sde, model, train, reduce_mean=tr.reduce_mean, continuous=True,
-                               likelihood_weighting=tr.likelihood_weighting,
-                               eps=float(tr.get("eps", 1e-5)), **cond)
-    if tr.likelihood_weighting:
-        raise ValueError(
-            "config.training.likelihood_weighting needs config.training.continuous=True")
-    if isinstance(sde, sde_lib.VESDE):
-        return get_smld_loss_fn(sde, model, train, reduce_mean=tr.reduce_mean, **cond)
-    if isinstance(sde, sde_lib.VPSDE):
-        return get_ddpm_loss_fn(sde, model, train, reduce_mean=tr.reduce_mean, **cond)
-    raise ValueError(f"config.training.continuous=False is not defined for {type(sde).__name__}; "
-                     "discrete training exists for 'vesde' (SMLD) and 'vpsde' (DDPM)")
+    if not tr.continuous:
+        if tr.likelihood_weighting:
+            raise ValueError(
+                "config.training.likelihood_weighting needs config.training.continuous=True")
+        if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
+            raise ValueError(
+                f"config.training.continuous=False is not defined for {type(sde).__name__}; "
+                "discrete training exists for 'vesde' (SMLD) and 'vpsde' (DDPM)")
+    param = param_lib.from_config(config, sde)
+    weighting = "likelihood" if tr.likelihood_weighting else param.default_weighting()
+    return get_param_loss_fn(param, model, train, reduce_mean=tr.reduce_mean,
+                             weighting=weighting, eps=float(tr.get("eps", 1e-5)), **cond)
 
 
 def ema_update(ema_params, params, rate: float | Array):
@@ -215,20 +195,36 @@ def get_step_fn(config, sde: sde_lib.SDE, model, optimizer: optax.GradientTransf
     parameters and only advances the state's PRNG key.
     """
     loss_fn = get_loss_fn(config, sde, model, train)
-    ema_rate, ema_warmup = float(config.model.ema_rate), bool(config.model.get("ema_warmup", False))
 
-    def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, Array]:
+    def loss_and_aux(rng, params, batch):
+        loss = loss_fn(rng, params, batch)
+        return loss, loss
+
+    return build_step_fn(loss_and_aux, optimizer, train, float(config.model.ema_rate),
+                         bool(config.model.get("ema_warmup", False)))
+
+
+def build_step_fn(loss_fn: Callable[[Array, Any, Batch], tuple[Array, Any]],
+                  optimizer: optax.GradientTransformation, train: bool, ema_rate: float,
+                  ema_warmup: bool = False
+                  ) -> Callable[[TrainState, Batch], tuple[TrainState, Any]]:
+    """The one train/eval step of every trained network (score model, classifier).
+
+    `loss_fn(rng, params, batch) -> (loss, aux)`; `step(state, batch) -> (state, aux)`. Training
+    differentiates the loss, applies the optimizer and updates the EMA (see `ema_decay`);
+    evaluation evaluates the EMA parameters and only advances the state's PRNG key.
+    """
+
+    def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, Any]:
         rng, step_rng = jax.random.split(state.rng)
         if not train:
-            return state.replace(rng=rng), loss_fn(step_rng, state.ema_params, batch)
-        loss, grads = jax.value_and_grad(loss_fn, argnums=1)(step_rng, state.params, batch)
+            return state.replace(rng=rng), loss_fn(step_rng, state.ema_params, batch)[1]
+        (_, aux), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(
+            step_rng, state.params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  ema_params=ema_update(state.ema_params, params,
-                                                        ema_decay(ema_rate, state.step,
-                                                                  ema_warmup)),
-                                  rng=rng)
-        return new_state, loss
+        ema = ema_update(state.ema_params, params, ema_decay(ema_rate, state.step, ema_warmup))
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             ema_params=ema, rng=rng), aux
 
     return step_fn

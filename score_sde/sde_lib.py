@@ -280,7 +280,56 @@ class VESDE(SDE):
         return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)
 
 
-SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}
+@dataclasses.dataclass(frozen=True)
+class EDMSDE(SDE):
+    """EDM's SDE (Karras et al. 2022): time is the noise level, sigma(t) = t on [0, sigma_max].
+
+    dx = sqrt(2 t) dw, so x_t = x_0 + t z; T = sigma_max and sampling stops at sigma_min (the
+    eps that `get_sde` returns). The prior is N(0, sigma_max^2 I).
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    N: int = 1000
+
+    def __post_init__(self):
+        _check_positive("EDMSDE", sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.N)
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"EDMSDE: sigma_max ({self.sigma_max}) <= sigma_min "
+                             f"({self.sigma_min})")
+
+    @property
+    def T(self) -> float:
+        return float(self.sigma_max)
+
+    def sigma(self, t: Array) -> Array:
+        return t
+
+    def t_from_sigma(self, sigma: Array) -> Array:
+        return sigma
+
+    def sde(self, x, t):
+        return jnp.zeros_like(x), jnp.sqrt(2.0 * t)
+
+    def marginal_coeffs(self, t):
+        return jnp.ones_like(t), t
+
+    def t_from_log_snr(self, log_snr):
+        return jnp.exp(-log_snr)
+
+    def prior_sampling(self, rng, shape):
+        return jax.random.normal(rng, shape) * self.sigma_max
+
+    def prior_logp(self, z):
+        return _standard_normal_logp(z, self.sigma_max)
+
+    def discretize(self, x, t):
+        """x_{i+1} = x_i + sqrt(t^2 - (t - T/N)^2) z: the exact variance step of dt = T / N."""
+        prev = jnp.maximum(t - self.T / self.N, 0.0)
+        return jnp.zeros_like(x), jnp.sqrt(t**2 - prev**2)
+
+
+SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE, "edm": EDMSDE}
 
 
 def get_sde(config) -> tuple[SDE, float]:
@@ -293,4 +342,6 @@ def get_sde(config) -> tuple[SDE, float]:
     m = config.model
     if name == "vesde":
         return VESDE(m.sigma_min, m.sigma_max, m.num_scales), 1e-5
+    if name == "edm":
+        return EDMSDE(m.sigma_min, m.sigma_max, m.num_scales), float(m.sigma_min)
     return SDES[name](m.beta_min, m.beta_max, m.num_scales), 1e-3

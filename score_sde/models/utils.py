@@ -6,7 +6,10 @@ Published conventions for the network's noise input ("labels") and output:
   VE, continuous            labels = sigma(t),       score = output
   VE, discrete (SMLD)       labels = round((T - t)(N - 1))  (0 = sigma_max), score = output
 Sub-VP always uses the continuous convention. VE networks that divide their output by sigma do
-so inside the network (config.model.scale_by_sigma), as published.
+so inside the network (config.model.scale_by_sigma), as published. EDM networks
+(config.training.sde='edm' or config.model.parameterization='edm') see c_in x and
+ln(sigma) / 4 and output F of D = c_skip x + c_out F. All of these live in
+models/parameterization.py, which the losses use too.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from score_sde import sde_lib
-from score_sde.sde_lib import batch_mul
+from score_sde.models import parameterization as param_lib
+from score_sde.models.parameterization import Parameterization
 
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
@@ -42,9 +45,22 @@ def get_model_fn(model: nn.Module, params, train: bool = False, rng: Array | Non
     return model_fn
 
 
+def _parameterization(sde: sde_lib.SDE, model: nn.Module, continuous: bool,
+                      parameterization: Parameterization | None) -> Parameterization:
+    """The given parameterisation, else the one of the model's config (published conventions
+    for the SDE unless config.model.parameterization says otherwise)."""
+    if parameterization is not None:
+        return parameterization
+    config = getattr(model, "config", None)
+    if config is not None and "model" in config and "training" in config:
+        return param_lib.from_config(config, sde, continuous)
+    return param_lib.get_parameterization(sde, continuous)
+
+
 def get_score_fn(sde: sde_lib.SDE, model: nn.Module, params, train: bool = False,
                  continuous: bool = True, rng: Array | None = None,
-                 labels: Array | None = None) -> ScoreFn:
+                 labels: Array | None = None,
+                 parameterization: Parameterization | None = None) -> ScoreFn:
     """`score_fn(x, t) -> score` (shape of x) for a network trained on `sde`.
 
     Args:
@@ -55,34 +71,28 @@ def get_score_fn(sde: sde_lib.SDE, model: nn.Module, params, train: bool = False
       rng: dropout key, used only when `train`.
       labels: optional class labels (B,) for class-conditional networks (forwarded as `y`);
         index `config.model.num_classes` is the "null" label of classifier-free guidance.
+      parameterization: what the network's input and output mean; by default the one of
+        `model.config` (see `parameterization.from_config`), else the SDE's published one.
     """
+    param = _parameterization(sde, model, continuous, parameterization)
     model_fn = get_model_fn(model, params, train=train, rng=rng, y=labels)
 
-    if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-        use_continuous = continuous or isinstance(sde, sde_lib.subVPSDE)
-        if use_continuous:
-            def score_fn(x: Array, t: Array) -> Array:
-                std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
-                return batch_mul(-1.0 / std, model_fn(x, t * 999))
-        else:
-            sqrt_1m_alphas_cumprod = jnp.sqrt(1.0 - jnp.asarray(sde.alphas_cumprod, jnp.float32))
+    def score_fn(x: Array, t: Array) -> Array:
+        return param.score(param.network_output(model_fn, x, t), x, t)
 
-            def score_fn(x: Array, t: Array) -> Array:
-                # Same (tolerant) truncation as sde.discretize, so both use one noise level.
-                std = sqrt_1m_alphas_cumprod[sde.discrete_index(t)]
-                return batch_mul(-1.0 / std, model_fn(x, t * (sde.N - 1)))
-        return score_fn
+    return score_fn
 
-    if isinstance(sde, sde_lib.VESDE):
-        if continuous:
-            def score_fn(x: Array, t: Array) -> Array:
-                return model_fn(x, sde.marginal_prob(jnp.zeros_like(x), t)[1])
-        else:
-            def score_fn(x: Array, t: Array) -> Array:
-                # SMLD networks index sigmas from the largest: label 0 = sigma_max.
-                idx = jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
-                return model_fn(x, idx)
-        return score_fn
 
-    raise ValueError(f"get_score_fn: SDE {type(sde).__name__} is not supported; "
-                     "use VPSDE, subVPSDE or VESDE")
+def get_denoiser_fn(sde: sde_lib.SDE, model: nn.Module, params, train: bool = False,
+                    continuous: bool = True, rng: Array | None = None,
+                    labels: Array | None = None,
+                    parameterization: Parameterization | None = None) -> ScoreFn:
+    """`denoiser(x, t) -> x0_hat = E[x_0 | x_t = x]` for data-prediction solvers; arguments as
+    for `get_score_fn`. For EDM this is D(x; sigma) itself, without a detour through the score."""
+    param = _parameterization(sde, model, continuous, parameterization)
+    model_fn = get_model_fn(model, params, train=train, rng=rng, y=labels)
+
+    def denoiser(x: Array, t: Array) -> Array:
+        return param.x0(param.network_output(model_fn, x, t), x, t)
+
+    return denoiser
