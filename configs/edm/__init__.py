@@ -1,0 +1,1 @@
+"""Published-style configs; each module has get_config()."""
