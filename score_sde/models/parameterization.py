@@ -218,8 +218,11 @@ class EDM(Parameterization):
         return self.scalings(t)[1] / self._sigma(t) ** 2
 
     def score(self, output, x, t):
-        # (D - x) / sigma^2, with alpha = 1.
-        return batch_mul(1.0 / self._sigma(t) ** 2, self.x0(output, x, t) - x)
+        # (D - x) / sigma^2 (alpha = 1) with (c_skip - 1) / sigma^2 = -1 / (s^2 + sd^2) in closed
+        # form: no cancellation of D - x at small sigma in float32.
+        s2 = self._sigma(t) ** 2
+        return batch_mul(-1.0 / (s2 + self.sigma_data**2), x) + batch_mul(
+            self.score_scale(t), output)
 
     def sample_t(self, rng, n, eps):
         """sigma = t, ln sigma ~ N(P_mean, P_std^2); eps is not used."""
