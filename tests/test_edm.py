@@ -134,6 +134,10 @@ def test_edm_loss_at_exact_denoiser_is_closed_form_minimum(reduce_mean):
 # eps; EDM samples on its rho = 7 grid, as configs/edm/*.py do.
 GRID = {"grid": "karras"}
 FAST = ("heun", "dpm_solver++", "ode", "em")
+# ALD alone is biased (test_sampling.py: it mixes poorly at high noise), more so from EDM's
+# sigma_max = 80 than from the VE test's 40: mode-weight error measured 0.049 and 0.037 (seeds
+# 0, 1; karras grid), 0.036-0.045 on the log-SNR grid; FD 0.14 (bound 0.5).
+WEIGHT_TOL = {"ald": 0.07}
 
 
 @functools.cache
@@ -152,7 +156,7 @@ def test_sampler_on_edm_sde_matches_exact_distribution(case):
     x, _ = run(case)
     assert np.all(np.isfinite(x))
     assert ts.exact_fd(x) < ts.FD_BOUND[case]
-    assert abs(ts.mode_weight(x, SDE) - ts.GMM.weights[0]) < ts.WEIGHT_TOL
+    assert abs(ts.mode_weight(x, SDE) - ts.GMM.weights[0]) < WEIGHT_TOL.get(case, ts.WEIGHT_TOL)
 
 
 def test_ode_likelihood_on_edm_sde():
