@@ -23,6 +23,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # Added: probability of replacing a class label by the null label (classifier-free
     # guidance); unused while model.num_classes == 0.
     training.class_dropout = 0.1
+    # EDM's training noise levels (model.parameterization='edm'): ln sigma ~ N(P_mean, P_std^2).
+    training.P_mean = -1.2
+    training.P_std = 1.2
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.n_steps_each = 1
@@ -65,6 +68,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.embedding_type = 'fourier'
     model.num_classes = 0  # added: > 0 makes the network class-conditional (embedding + null row)
     model.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16' (bf16 compute, float32 parameters)
+    # 'auto': the SDE's published network convention (EDM's for training.sde='edm'); 'edm': EDM
+    # preconditioning (score_sde/models/parameterization.py), which uses sigma_data.
+    model.parameterization = 'auto'
+    model.sigma_data = 0.5  # the data's std (EDM's value for images in [-1, 1])
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0
