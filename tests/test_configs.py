@@ -263,6 +263,14 @@ def test_param_count(name):
     assert traced_params(config) == expected
 
 
+def test_edm_cifar10_ddpmpp_param_count():
+    """EDM's CIFAR-10 DDPM++ (channels 128 x (2, 2, 2), 4 blocks, attention at 16): 55,732,739
+    parameters, EDM's published 55.73M; EDM preconditioning adds none. The formula agrees."""
+    config = load("edm/cifar10_ddpmpp")
+    assert traced_params(config) == expected_params(config) == 55_732_739
+    assert traced_params(load("digits_edm")) == traced_params(load("digits"))
+
+
 def test_class_conditional_adds_only_the_embedding_table():
     config = load("tiny")
     base = traced_params(config)

@@ -161,9 +161,48 @@ def test_get_sde_from_config_and_errors():
     assert isinstance(sde, sde_lib.VESDE) and eps == 1e-5
     sde, eps = sde_lib.get_sde(_config("subvpsde"))
     assert isinstance(sde, sde_lib.subVPSDE) and eps == 1e-3
-    with pytest.raises(ValueError, match=r"config\.training\.sde='edm'.*'subvpsde'"):
-        sde_lib.get_sde(_config("edm"))
+    sde, eps = sde_lib.get_sde(_config("edm"))  # sigma in [model.sigma_min, model.sigma_max]
+    assert sde == sde_lib.EDMSDE(0.01, 50.0, 1000) and sde.T == 50.0 and eps == 0.01
+    with pytest.raises(ValueError, match=r"config\.training\.sde='flow'.*'subvpsde'"):
+        sde_lib.get_sde(_config("flow"))
     with pytest.raises(ValueError, match="sigma_max"):
         sde_lib.VESDE(sigma_min=1.0, sigma_max=0.5)
     with pytest.raises(ValueError, match="beta_min"):
         sde_lib.VPSDE(beta_min=-1.0)
+
+
+# --- EDM's SDE: time is the noise level ------------------------------------------------------
+
+EDM = sde_lib.EDMSDE(sigma_min=0.002, sigma_max=80.0, N=100)
+
+
+def test_edm_marginal_solves_moment_odes_and_prior_is_marginal_at_T():
+    """var' = g^2 = 2t from var(0) = 0 gives var = t^2: sigma(t) = t, mean unchanged."""
+    times = np.array([0.002, 0.5, 3.0, 40.0, 80.0], np.float32)
+    sol = integrate.solve_ivp(lambda t, y: [2 * t], (0.0, 80.0), [0.0], t_eval=times,
+                              rtol=1e-10, atol=1e-12)
+    mean, std = EDM.marginal_prob(jnp.ones((5, 1)), jnp.asarray(times))
+    np.testing.assert_allclose(np.asarray(std) ** 2, sol.y[0], rtol=1e-5)
+    np.testing.assert_allclose(mean, 1.0)
+    assert EDM.T == 80.0 and float(EDM.sde(jnp.ones((1, 1)), jnp.ones(1))[0][0, 0]) == 0.0
+    z = EDM.prior_sampling(jax.random.PRNGKey(0), (4, 3))
+    expected = stats.multivariate_normal(np.zeros(3), 80.0**2 * np.eye(3)).logpdf(
+        np.asarray(z, np.float64))
+    np.testing.assert_allclose(EDM.prior_logp(z), expected, rtol=1e-5)
+    np.testing.assert_allclose(EDM.t_from_log_snr(EDM.log_snr(jnp.asarray(times))), times,
+                               rtol=1e-5)
+
+
+def test_edm_discretize_adds_the_variance_of_one_step():
+    """G^2 = t^2 - (t - T/N)^2: a step of T/N from t - T/N to t, drift 0; the reverse
+    discretisation subtracts G^2 score as for every SDE."""
+    t = jnp.asarray([0.5, 8.0, 80.0])
+    x = jnp.ones((3, 2))
+    f, G = EDM.discretize(x, t)
+    np.testing.assert_allclose(f, 0.0)
+    np.testing.assert_allclose(G**2, t**2 - jnp.maximum(t - 0.8, 0.0) ** 2, rtol=1e-5)
+    np.testing.assert_allclose(EDM.discretize(x, jnp.asarray([0.3]))[1], 0.3, rtol=1e-6)
+    rf, _ = EDM.reverse(lambda x, t: -x).discretize(x, t)
+    np.testing.assert_allclose(rf, G[:, None] ** 2 * x, rtol=1e-5)
+    with pytest.raises(ValueError, match="sigma_max"):
+        sde_lib.EDMSDE(sigma_min=1.0, sigma_max=0.5)
