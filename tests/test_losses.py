@@ -145,3 +145,36 @@ def test_published_loss_values_unchanged():
     got = record.loss_values()
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, rel=1e-6), name
+
+
+def test_classifier_state_ema_has_its_own_buffers_and_the_shared_step():
+    """The classifier's state comes from losses.new_train_state (EMA copied, so a jitted step
+    may donate the state) and its step from losses.build_step_fn (EMA moves toward params)."""
+    from configs.digits_classifier import get_config
+    from score_sde import classifier_training as ct
+    from score_sde.models import classifier as cls_models
+
+    config = get_config()
+    config.classifier.name, config.classifier.nf, config.classifier.num_classes = (
+        "mlp_classifier", 8, 3)
+    config.data.dim = 2
+    config.classifier.ema_rate = 0.5
+    config.optim.warmup = 0  # a first step that moves the parameters
+    optimizer = losses.get_optimizer(config)
+    state = ct.init_classifier_state(jax.random.PRNGKey(0), config, optimizer)
+    for p, e in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.ema_params),
+                    strict=True):
+        assert p is not e and p.unsafe_buffer_pointer() != e.unsafe_buffer_pointer()
+    sde = sde_lib.VPSDE()
+    step = jax.jit(ct.get_classifier_step_fn(config, sde, cls_models.get_classifier(config),
+                                             optimizer), donate_argnums=0)
+    batch = {"image": jnp.ones((4, 2)), "label": jnp.asarray([0, 1, 2, 0])}
+    before = jax.tree.map(np.asarray, state)
+    new, metrics = step(state, batch)
+    assert set(metrics) == {"loss", "accuracy"} and int(new.step) == 1
+    # EMA at rate 0.5: halfway between the old EMA (= old params) and the new params.
+    for e0, e1, p1 in zip(jax.tree.leaves(before.ema_params), jax.tree.leaves(new.ema_params),
+                          jax.tree.leaves(new.params), strict=True):
+        np.testing.assert_allclose(e1, 0.5 * e0 + 0.5 * np.asarray(p1), rtol=1e-5, atol=1e-7)
+    assert any(np.any(np.asarray(p) != b) for p, b in
+               zip(jax.tree.leaves(new.params), jax.tree.leaves(before.params), strict=True))
