@@ -116,6 +116,8 @@ def read_image(p: PathLike) -> np.ndarray:
         with Image.open(io.BytesIO(p.read_bytes())) as img:
             img.load()
             return np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UnreadableFileError(f"{p} is not a readable image ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from e
+    except UnidentifiedImageError as e:
+        raise UnreadableFileError(f"{p} is not a readable image (not a format PIL knows)") from e
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or damaged data
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UnreadableFileError(f"{p} is not a readable image ({reason})") from e
