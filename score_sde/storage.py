@@ -25,6 +25,21 @@ PathLike = str | os.PathLike
 REMOTE_PREFIXES = ("gs://", "s3://")
 
 
+def _fresh_listings() -> None:
+    """gcsfs caches every directory listing for the life of the process, so a file that
+    another process wrote later (the lease of another run, a new checkpoint) would stay unseen
+    and a deleted one would linger; list the bucket afresh each time instead."""
+    try:
+        import fsspec
+    except ImportError:
+        return
+    for protocol in ("gcs", "gs"):
+        fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
+
+
+_fresh_listings()
+
+
 def is_remote(path: PathLike) -> bool:
     """True for a bucket path (gs://, s3://), False for a local one."""
     return str(path).startswith(REMOTE_PREFIXES)
