@@ -85,7 +85,8 @@ def in_process_gcs(gcs, monkeypatch):
 
     for k, v in gcs.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setitem(fsspec.config.conf, "gcs", {"token": "anon"})
+    monkeypatch.setitem(fsspec.config.conf, "gcs", {**fsspec.config.conf.get("gcs", {}),
+                                                    "token": "anon"})
     fsspec.filesystem("gcs").clear_instance_cache()
     return f"gs://{BUCKET}"
 
