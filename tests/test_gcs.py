@@ -216,7 +216,7 @@ E2E = {"training.n_iters": 4, "training.log_freq": 1, "training.eval_freq": 2,
        "training.snapshot_freq": 2, "training.snapshot_freq_for_preemption": 2,
        "training.snapshot_sampling": True, "model.num_scales": 10, "eval.begin_ckpt": 1,
        "eval.end_ckpt": 2, "eval.batch_size": 8, "eval.num_samples": 8,
-       "eval.enable_sampling": True, "sampling.batch_size": 8}
+       "eval.enable_sampling": True}
 
 
 def _run_main(env, workdir, *args, n_iters=4):
