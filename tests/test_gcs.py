@@ -1,12 +1,14 @@
 """Cloud-storage work directories (gs://) against a local GCS emulator, and unreadable inputs.
 
 The emulator is gcp-storage-emulator (pure Python, from PyPI), started on a free port by the
-`gcs` fixture. Each library is pointed at it the way it is on a real bucket, only the endpoint
-changes: etils.epath -> fsspec/gcsfs (STORAGE_EMULATOR_HOST, anonymous token), orbax ->
-tensorstore's own GCS client (TENSORSTORE_GCS_HTTP_URL, GOOGLE_AUTH_TOKEN_FOR_TESTING),
-tensorboardX -> google-cloud-storage (STORAGE_EMULATOR_HOST). Not verified here: real
-credentials and IAM, TensorFlow's tf.io.gfile backend (epath prefers it when TensorFlow is
-installed; it is not in the test install), and latency/consistency of the real service.
+`gcs` fixture (tests/gcs_emulator.py adds the generation header that real GCS sends). Each
+library is pointed at it the way it is at a real bucket, only the endpoint changes:
+etils.epath -> fsspec/gcsfs (STORAGE_EMULATOR_HOST, anonymous token), orbax -> tensorstore's own
+GCS client (TENSORSTORE_GCS_HTTP_URL, GOOGLE_AUTH_TOKEN_FOR_TESTING), tensorboardX ->
+google-cloud-storage (STORAGE_EMULATOR_HOST). Not verified here: real credentials and IAM,
+TensorFlow's tf.io.gfile backend (epath prefers it when TensorFlow is installed; it is not in
+the test install), conditional writes (the emulator ignores preconditions), and the latency and
+consistency of the real service.
 """
 
 from __future__ import annotations
@@ -51,11 +53,9 @@ def emulator_env(port: int) -> dict[str, str]:
 def gcs():
     """A GCS emulator with an empty bucket for this module; yields its environment."""
     port = _free_port()
-    code = ("import sys; from gcp_storage_emulator.server import create_server; "
-            f"s = create_server('127.0.0.1', {port}, in_memory=True, "
-            f"default_bucket='{BUCKET}'); s.start(); sys.stdin.read(); s.stop()")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.gcs_emulator", str(port), BUCKET],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     env = emulator_env(port)
     deadline = time.monotonic() + 30
     while True:
