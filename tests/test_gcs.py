@@ -213,28 +213,38 @@ def _scalars(event_files) -> dict[str, list[tuple[int, float]]]:
 
 
 E2E = {"training.n_iters": 4, "training.log_freq": 1, "training.eval_freq": 2,
-       "training.snapshot_freq": 2, "training.snapshot_freq_for_preemption": 2,
+       "training.snapshot_freq": 2, "training.snapshot_freq_for_preemption": 1,
        "training.snapshot_sampling": True, "model.num_scales": 10, "eval.begin_ckpt": 1,
        "eval.end_ckpt": 2, "eval.batch_size": 8, "eval.num_samples": 8,
        "eval.enable_sampling": True}
 
 
-def _run_main(env, workdir, *args, n_iters=4):
+def _run_main(env, workdir, *args, n_iters=4, status=0):
     done = subprocess.run(
         [sys.executable, "-m", "score_sde.main", *driver_configs.cli(E2E),
          f"--config.training.n_iters={n_iters}", f"--workdir={workdir}", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert done.returncode == status, done.stdout[-3000:] + done.stderr[-5000:]
     return done
 
 
 @pytest.mark.slow
 def test_train_resume_evaluate_and_sample_in_a_bucket(gcs, in_process_gcs):
-    """`--workdir gs://...` end to end: train 2 steps, resume to 4, eval, sample; then every
-    kind of file is checked in the bucket (not on the local disk)."""
+    """`--workdir gs://...` end to end: a live run's lease refuses a second run; train 2 steps,
+    resume to 4, eval, sample; then every kind of file is checked in the bucket (not on the
+    local disk)."""
     workdir = f"{in_process_gcs}/run"
     root = storage.path(workdir)
+    now = time.time()
+    storage.write_json(root / "train.lease", {"id": "other", "host": "elsewhere", "pid": 1,
+                                              "start": now, "expires": now + 600})
+    refused = _run_main(gcs, workdir, "--mode=train", n_iters=2, status=1)
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        f"score_sde: error: {workdir} is held by another training run (host elsewhere"), \
+        refused.stderr[-2000:]
+    (root / "train.lease").unlink()
+
     first = _run_main(gcs, workdir, "--mode=train", n_iters=2)
     assert "Starting a new run" in first.stdout
     resumed = _run_main(gcs, workdir, "--mode=train")
@@ -245,7 +255,9 @@ def test_train_resume_evaluate_and_sample_in_a_bucket(gcs, in_process_gcs):
 
     # orbax (tensorstore) checkpoints: both snapshots, the newest pre-emption checkpoint
     assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["2", "4"]
-    assert [p.name for p in (root / "checkpoints-meta").iterdir()] == ["4"]
+    assert [p.name for p in (root / "checkpoints-meta").iterdir()] == ["3"]
+    assert not (root / "train.lease").exists()  # released at the end of each run
+    assert "training" in storage.read_json(root / "config.json")
     for step_dir in (root / "checkpoints" / "2", root / "checkpoints" / "4"):
         assert (step_dir / "_CHECKPOINT_METADATA").exists()
     # metrics.jsonl holds the lines of both runs (the object is rewritten, never truncated)
