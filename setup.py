@@ -6,6 +6,7 @@ setup(
     name="score_sde",
     version="0.1.0",
     description="Score-based generative models through SDEs, in JAX/Flax",
+    url="https://github.com/score-sde/score_sde",  # the notebooks install from here (REPO_URL)
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",

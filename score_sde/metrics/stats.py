@@ -3,7 +3,8 @@
 A *feature function* maps a batch of NHWC float images in [0, 1] to features (N, D), or to a
 dict {'features': (N, D), 'logits': (N, C)}. `get_feature_fn('inception' | 'digits')` gives
 the two built in. Statistics are dicts {'mu': (D,), 'sigma': (D, D), 'features': (N, D)} and
-are stored as `.npz` with those keys.
+are stored as `.npz` with those keys. `load_statistics` also reads the statistics files published
+with score_sde (Inception features under 'pool_3'), and every path may be local or gs://.
 
     stats = dataset_statistics(batches, kind="inception", inception_weights="inception.msgpack")
     save_statistics("cifar10_train_stats.npz", stats)
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
+from score_sde import logging_utils as log
 from score_sde.metrics.frechet import feature_statistics, frechet_distance_from_stats
 from score_sde.metrics.inception_score import inception_score
 from score_sde.metrics.kid import kernel_distance
@@ -130,24 +133,51 @@ def save_statistics(path: str | Path, stats: Mapping[str, np.ndarray]) -> None:
     if missing:
         raise KeyError(f"statistics lack {sorted(missing)}")
     arrays = {k: np.asarray(stats[k]) for k in ("mu", "sigma", "features") if k in stats}
-    with open(path, "wb") as f:  # an open file keeps numpy from appending '.npz'
+    with epath.Path(path).open("wb") as f:  # an open file keeps numpy from appending '.npz'
         np.savez(f, **arrays)
 
 
+# The statistics files published with score_sde hold TF-GAN Inception pool_3 features only.
+PUBLISHED_FEATURES_KEY = "pool_3"
+PUBLISHED_LAYOUT_NOTE = (
+    "features of TF-GAN's Inception, not of the pytorch-fid network that scores samples here, "
+    "so FID/KID against them are not directly comparable (neither with FIDs against statistics "
+    "from --mode fid_stats nor with published numbers)")
+
+
 def load_statistics(path: str | Path) -> dict[str, np.ndarray]:
-    """Load statistics saved by `save_statistics` (or any .npz with mu and sigma)."""
-    path = Path(path)
+    """Reference statistics from an `.npz` (local or gs://), in either of two layouts:
+
+    - this framework's (`save_statistics`, `--mode fid_stats`): mu, sigma and maybe features;
+    - score_sde's published files: Inception features (N, D) under 'pool_3'; mu and sigma are
+      computed from them (sigma unbiased, like TF-GAN's) and the features kept for KID.
+
+    Prints one line naming the layout read.
+    """
+    path = epath.Path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"statistics file {path} not found; compute it with dataset_statistics() "
             "(the driver's --mode fid_stats)"
         )
-    with np.load(path) as data:
-        stats = {k: data[k] for k in data.files}
-    missing = {"mu", "sigma"} - set(stats)
-    if missing:
-        raise KeyError(f"{path} lacks {sorted(missing)}; it has {sorted(stats)}")
-    return stats
+    with path.open("rb") as f, np.load(f) as data:
+        arrays = {k: data[k] for k in data.files}
+    if {"mu", "sigma"} <= set(arrays):
+        log.say(f"Reference statistics {path}: this framework's layout (mu, sigma"
+                f"{', features' if 'features' in arrays else ''})")
+        return arrays
+    if PUBLISHED_FEATURES_KEY in arrays:
+        feats = arrays[PUBLISHED_FEATURES_KEY]
+        feats = feats.reshape(len(feats), -1)  # (N, D) as stored
+        mu, sigma = feature_statistics(feats)
+        log.say(f"Reference statistics {path}: published score_sde layout ({feats.shape[0]} "
+                f"pool_3 features of dimension {feats.shape[1]}; mean and covariance computed "
+                f"from them): {PUBLISHED_LAYOUT_NOTE}")
+        return {"mu": mu, "sigma": sigma, "features": feats}
+    raise ValueError(
+        f"{path} is not a statistics file: it has keys {sorted(arrays)}, expected 'mu' and "
+        f"'sigma' (this framework's --mode fid_stats) or '{PUBLISHED_FEATURES_KEY}' (score_sde's "
+        "published statistics)")
 
 
 def dataset_statistics(
