@@ -232,8 +232,8 @@ def _run_main(env, workdir, *args, n_iters=4, status=0):
 @pytest.mark.slow
 def test_train_resume_evaluate_and_sample_in_a_bucket(gcs, in_process_gcs):
     """`--workdir gs://...` end to end: a live run's lease refuses a second run; train 2 steps,
-    resume to 4, eval, sample; then every kind of file is checked in the bucket (not on the
-    local disk)."""
+    resume to 4, eval, sample, fid_stats; then every kind of file is checked in the bucket (not
+    on the local disk)."""
     workdir = f"{in_process_gcs}/run"
     root = storage.path(workdir)
     now = time.time()
@@ -252,6 +252,7 @@ def test_train_resume_evaluate_and_sample_in_a_bucket(gcs, in_process_gcs):
     _run_main(gcs, workdir, "--mode=eval")
     sampled = _run_main(gcs, workdir, "--mode=sample")
     assert f"{workdir}/eval/samples_step_4.png" in sampled.stdout
+    _run_main(gcs, workdir, "--mode=fid_stats", "--split=test")
 
     # orbax (tensorstore) checkpoints: both snapshots, the newest pre-emption checkpoint
     assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["2", "4"]
@@ -272,6 +273,8 @@ def test_train_resume_evaluate_and_sample_in_a_bucket(gcs, in_process_gcs):
     assert storage.read_image(root / "samples" / "iter_4" / "sample.png").ndim >= 2
     assert storage.read_image(root / "eval" / "samples_step_4.png").ndim >= 2
     assert storage.load_npz(root / "eval" / "samples_step_4.npz")["samples"].shape == (8, 8, 8, 1)
+    stats = storage.load_npz(root / "eval" / "fid_stats_digits_test.npz")
+    assert stats["mu"].shape == (stats["sigma"].shape[0],)
     for step in (2, 4):
         out = root / "eval" / f"step_{step}"
         assert "eval/loss" in storage.read_json(out / "metrics.json")
