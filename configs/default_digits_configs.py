@@ -56,6 +56,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.centered = True
     data.uniform_dequantization = False
     data.num_channels = 1
+    data.num_workers = -1  # decoding processes; -1: min(cores, 8), 0 for in-memory data
+    data.corrupt_images = 'error'  # an undecodable image in an image folder: 'error' or 'skip'
 
     config.model = model = ml_collections.ConfigDict()
     model.name = 'small_unet'

@@ -52,6 +52,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.centered = False
     data.uniform_dequantization = False
     data.num_channels = 3
+    data.num_workers = -1  # decoding processes; -1: min(cores, 8), 0 for in-memory data
+    data.corrupt_images = 'error'  # an undecodable image in an image folder: 'error' or 'skip'
 
     config.model = model = ml_collections.ConfigDict()
     model.sigma_min = 0.01

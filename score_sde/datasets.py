@@ -14,25 +14,34 @@ Sources (`config.data.dataset`):
   CIFAR10, SVHN, MNIST, CELEBA, LSUN (config.data.category)
                    tensorflow-datasets prepared in array_record format, read via tfds.data_source
   FFHQ, CELEBAHQ, IMAGE_FOLDER
-                   a local folder of PNG/JPEG files (config.data.data_dir; see `ImageFolder`)
+                   a folder of PNG/JPEG files, local or gs:// (config.data.data_dir; see
+                   `ImageFolder`)
+
+Image folders and tfds datasets decode and augment in `config.data.num_workers` spawned worker
+processes (`score_sde.data_workers`), which import neither JAX nor grain; in-memory data
+(digits) and `num_workers=0` read in this process with threads, as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from etils import epath
 
 Batch = dict[str, np.ndarray]
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+CORRUPT_POLICIES = ("error", "skip")
+MAX_AUTO_WORKERS = 8  # data.num_workers = -1 -> min(usable cores, this)
 
 
 class Source(Protocol):
@@ -48,6 +57,19 @@ class Source(Protocol):
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset that is not prepared on this machine; the message says how to prepare it."""
+
+
+class CorruptImageError(ValueError):
+    """An image file of a dataset that cannot be decoded; the message names the file."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"cannot decode the dataset image {path} ({reason}); replace or delete "
+                         "it, or pass --config.data.corrupt_images=skip to read other images "
+                         "of the dataset in its place")
+
+    def __reduce__(self):  # rebuilt from (path, reason) when sent from a worker process
+        return type(self), (self.path, self.reason), self.__dict__
 
 
 # ----------------------------------------------------------------------------- scalers
@@ -198,15 +220,18 @@ def tfds_source(config, split: str) -> TfdsSource:
 
 @dataclasses.dataclass(frozen=True)
 class ImageFolder:
-    """PNG/JPEG files under a folder, sorted by path; 8-bit, no labels.
+    """PNG/JPEG files under a folder (local or gs://), sorted by path; 8-bit, no labels.
 
     Layout: `root/train/**.png` and `root/test/**.png`; without those sub-folders every image
     under `root` belongs to both splits. Images are decoded with Pillow as 'L' (1 channel) or
-    'RGB' (3 channels).
+    'RGB' (3 channels); a file that does not decode raises `CorruptImageError` (the pipeline's
+    corrupt-image policy decides what follows). `readable` is the index of a file known to
+    decode: the last resort of the 'skip' policy.
     """
 
     files: tuple[str, ...]
     num_channels: int
+    readable: int = 0
     levels: int = 256
     has_labels: bool = False
 
@@ -214,12 +239,55 @@ class ImageFolder:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from PIL import Image
+        return {"image": decode_image(self.files[int(index)], self.num_channels)}
 
-        with Image.open(self.files[int(index)]) as img:
-            img = img.convert("L" if self.num_channels == 1 else "RGB")
-            x = np.asarray(img, np.uint8)
-        return {"image": x[..., None] if x.ndim == 2 else x}
+
+def decode_image(path: str, num_channels: int) -> np.ndarray:
+    """The uint8 (h, w, num_channels) pixels of an image file; CorruptImageError if undecodable.
+
+    A file that cannot be read at all (missing, no permission) raises the reader's own error:
+    only the bytes' content is the corrupt-image policy's business.
+    """
+    from PIL import Image
+
+    data = epath.Path(path).read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            x = np.asarray(img.convert("L" if num_channels == 1 else "RGB"), np.uint8)
+    except Image.UnidentifiedImageError:
+        raise CorruptImageError(path, "not in an image format Pillow recognises") from None
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBomb...
+        raise CorruptImageError(path, f"{type(e).__name__}: {e}") from None
+    return x[..., None] if x.ndim == 2 else x
+
+
+def _first_readable(files: tuple[str, ...], num_channels: int) -> int | None:
+    """Index of the first file that decodes (usually 0: one decode), None if none does."""
+    for i, f in enumerate(files):
+        try:
+            decode_image(f, num_channels)
+            return i
+        except CorruptImageError:
+            continue
+    return None
+
+
+def list_images(base) -> tuple[str, ...]:
+    """The image files under an epath folder (any depth), sorted, as path strings.
+
+    fsspec's walk (etils' gs:// backend without TensorFlow) yields its folders without the
+    'gs://' prefix, which is put back so that the files are read from the bucket.
+    """
+    top = os.fspath(base)
+    scheme = top[:top.index("://") + 3] if "://" in top else ""
+    files = []
+    for folder, _, names in base.walk():
+        folder = os.fspath(folder)
+        if scheme and not folder.startswith(scheme):
+            folder = scheme + folder.lstrip("/")
+        files += [f"{folder.rstrip('/')}/{name}" for name in names
+                  if name.lower().endswith(IMAGE_SUFFIXES)]
+    return tuple(sorted(files))
 
 
 def image_folder_source(config, split: str) -> ImageFolder:
@@ -227,17 +295,23 @@ def image_folder_source(config, split: str) -> ImageFolder:
     root = config.data.get("data_dir", None)
     if not root and config.data.get("tfrecords_path", None):  # the reference's field name
         root, field = config.data.tfrecords_path, "config.data.tfrecords_path"
-    if not root or not Path(root).is_dir():
+    if not root or not epath.Path(root).is_dir():
         raise DatasetNotFoundError(
-            f"config.data.dataset={config.data.dataset!r} reads images from a local folder, but "
+            f"config.data.dataset={config.data.dataset!r} reads images from a folder, but "
             f"{field}={root!r} is not a directory. Put PNG/JPEG files in DIR/train/ and "
             f"DIR/test/ (or directly in DIR) and pass --config.data.data_dir=DIR")
-    base = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
-    files = sorted(str(p) for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    base = epath.Path(root) / split
+    base = base if base.is_dir() else epath.Path(root)
+    files = list_images(base)
     if not files:
         raise DatasetNotFoundError(f"{field}={root!r}: no {'/'.join(IMAGE_SUFFIXES)} images "
                                    f"under {base}")
-    return ImageFolder(tuple(files), int(config.data.num_channels))
+    channels = int(config.data.num_channels)
+    readable = _first_readable(files, channels)
+    if readable is None:
+        raise DatasetNotFoundError(f"{field}={root!r}: none of the {len(files)} image files "
+                                   f"under {base} can be decoded (e.g. {files[0]})")
+    return ImageFolder(files, channels, readable)
 
 
 def get_source(config, split: str) -> Source:
@@ -279,6 +353,8 @@ def resize_small(x: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     h, w = x.shape[:2]
+    if min(h, w) == size:  # what Pillow returns for a resize to the same size: a copy
+        return x
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     chans = [np.asarray(Image.fromarray(x[..., c].astype(np.float32), mode="F")
@@ -286,14 +362,32 @@ def resize_small(x: np.ndarray, size: int) -> np.ndarray:
     return np.stack(chans, axis=-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """The per-dataset crop/resize of a float (h, w, c) image to (size, size, c), as published.
+
+    A dataclass rather than a closure so that a pipeline pickles into its worker processes.
+    """
+
+    kind: str  # 'celeba' (central crop 140, resize), 'crop' (resize shorter side, crop), 'resize'
+    size: int
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "celeba":
+            return resize(central_crop(x, 140), self.size)
+        if self.kind == "crop":
+            return central_crop(resize_small(x, self.size), self.size)
+        return resize(x, self.size)
+
+
 def get_geometry(config) -> Callable[[np.ndarray], np.ndarray]:
-    """The per-dataset crop/resize of a float (h, w, c) image to (S, S, c), as published."""
+    """The per-dataset crop/resize of config.data.dataset to config.data.image_size."""
     size, name = int(config.data.image_size), str(config.data.dataset).upper()
     if name == "CELEBA":
-        return lambda x: resize(central_crop(x, 140), size)
+        return Geometry("celeba", size)
     if name in ("LSUN", "FFHQ", "CELEBAHQ", "IMAGE_FOLDER"):
-        return lambda x: central_crop(resize_small(x, size), size)
-    return lambda x: resize(x, size)
+        return Geometry("crop", size)
+    return Geometry("resize", size)
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -309,6 +403,14 @@ class Pipeline:
     'mask' entry (False on the padding). The random flip and dequantisation noise of an example
     depend only on (seed, its position in that sequence), so every process count gives the same
     global batch.
+
+    A corrupt image (CorruptImageError from the source) stops the run (`corrupt='error'`) or,
+    with `corrupt='skip'`, is replaced by another image of the source drawn from (seed,
+    position): batch shapes and every other example stay as they were, and a resumed run reads
+    the same substitutes. Each skipped file is reported once per process on stderr.
+
+    `iterate` computes the batches in `num_workers` worker processes (a pipeline pickles into
+    them), or in this process with `num_threads` threads when num_workers is 0.
     """
 
     source: Source
@@ -322,16 +424,24 @@ class Pipeline:
     process_count: int = 1
     num_threads: int = 0
     pad_last: bool = False
+    num_workers: int = 0
+    corrupt: str = "error"
 
     def __post_init__(self):
         if self.global_batch % self.process_count:
             raise ValueError(f"batch size {self.global_batch} must divide by the number of "
                              f"processes ({self.process_count})")
+        if self.corrupt not in CORRUPT_POLICIES:
+            raise ValueError(f"config.data.corrupt_images={self.corrupt!r}; choose one of "
+                             f"{CORRUPT_POLICIES}")
         self.local_batch = self.global_batch // self.process_count
         if not self.shuffle and not self.pad_last and len(self.source) < self.global_batch:
             raise ValueError(f"the split has {len(self.source)} examples, fewer than one batch "
                              f"of {self.global_batch}; lower the batch size")
         self._perms: dict[int, np.ndarray] = {}
+
+    def __getstate__(self) -> dict:  # sent to worker processes without the permutation cache
+        return {**self.__dict__, "_perms": {}}
 
     @property
     def num_batches(self) -> int | None:
@@ -353,9 +463,25 @@ class Pipeline:
             self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(n)
         return int(self._perms[epoch][position % n])
 
-    def example(self, position: int) -> dict[str, Any]:
-        """The transformed example at a position of the (global) example sequence."""
-        ex = self.source[self._index(position)]
+    def _read(self, position: int, skipped: list[str]) -> dict[str, Any]:
+        """The source example of a position, or under 'skip' a substitute for a corrupt one."""
+        try:
+            return self.source[self._index(position)]
+        except CorruptImageError as e:
+            if self.corrupt != "skip":
+                raise
+            skipped.append(e.path)
+        draws = np.random.default_rng([self.seed, 2, position]).integers(len(self.source),
+                                                                         size=16)
+        for index in draws:  # a few random draws, then the image known to decode
+            try:
+                return self.source[int(index)]
+            except CorruptImageError as e:
+                skipped.append(e.path)
+        return self.source[getattr(self.source, "readable", 0)]
+
+    def _example(self, position: int, skipped: list[str]) -> dict[str, Any]:
+        ex = self._read(position, skipped)
         levels = self.source.levels
         x = self.geometry(np.asarray(ex["image"], np.float32) / (levels - 1))
         rng = np.random.default_rng([self.seed, 1, position])
@@ -368,34 +494,87 @@ class Pipeline:
             out["label"] = np.int32(ex["label"])
         return out
 
+    def example(self, position: int) -> dict[str, Any]:
+        """The transformed example at a position of the (global) example sequence."""
+        skipped: list[str] = []
+        out = self._example(position, skipped)
+        report_skipped(skipped)
+        return out
+
     def positions(self, step: int) -> range:
         start = step * self.global_batch + self.process_index * self.local_batch
         return range(start, start + self.local_batch)
 
-    def batch(self, step: int) -> Batch:
+    def compute_batch(self, step: int, out: Callable[[tuple, np.dtype], np.ndarray] | None = None
+                      ) -> tuple[Batch, list[str]]:
+        """`batch(step)` and the corrupt files skipped on the way (reported by the caller).
+
+        `out(shape, dtype)`, if given, supplies the array the images are written into (a worker
+        process's shared memory). Examples are written into the batch one by one, so building
+        it holds one batch and one example, not a list of examples besides.
+        """
         if self.num_batches is not None and not 0 <= step < self.num_batches:
             raise IndexError(f"step {step} is outside the {self.num_batches} evaluation batches")
         positions = self.positions(step)
-        examples = [self.example(p) for p in positions]
-        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        skipped: list[str] = []
+        first = self._example(positions[0], skipped)
+        batch = {k: np.empty((len(positions), *np.shape(v)), np.asarray(v).dtype)
+                 for k, v in first.items() if not (out and k == "image")}
+        if out:
+            batch["image"] = out((len(positions), *first["image"].shape), first["image"].dtype)
+        for i, p in enumerate(positions):  # written in place: no list of examples held
+            for k, v in (first if i == 0 else self._example(p, skipped)).items():
+                batch[k][i] = v
         if self.pad_last:
             batch["mask"] = np.asarray([p < len(self.source) for p in positions])
+        return batch, skipped
+
+    def batch(self, step: int) -> Batch:
+        batch, skipped = self.compute_batch(step)
+        report_skipped(skipped)
         return batch
 
     def iterate(self, start: int = 0, stop: int | None = None, prefetch: int = 2
                 ) -> Iterator[Batch]:
-        """Batches start, start+1, ... (stop: exclusive; default: end of split / endless)."""
+        """Batches start, start+1, ... (stop: exclusive; default: end of split / endless).
+
+        With workers, `prefetch` is ignored: each worker holds one batch ahead.
+        """
         stop = self.num_batches if stop is None else stop
+        if self.num_workers > 0:
+            from score_sde.data_workers import WorkerIterator
+
+            return WorkerIterator(self.compute_batch, start, stop, self.num_workers,
+                                  report=report_skipped)
         if self.num_threads > 0 and stop is not None:
             return _grain_iterate(self.batch, start, stop, self.num_threads, prefetch)
         return _thread_prefetch(self.batch, start, stop, prefetch)
 
 
+_reported: set[str] = set()  # corrupt files already reported by this process
+
+
+def report_skipped(paths: list[str]) -> None:
+    """One line on stderr per corrupt file skipped, the first time this process meets it.
+
+    Written with tqdm.write, which moves a progress bar out of the way instead of tearing it.
+    """
+    from tqdm import tqdm
+
+    for path in dict.fromkeys(paths):
+        if path not in _reported:
+            _reported.add(path)
+            tqdm.write(f"score_sde: warning: skipped the corrupt dataset image {path}; other "
+                       "images of the dataset are read in its place "
+                       "(config.data.corrupt_images='skip')", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- in-process readers
+
+
 def _grain_iterate(fn, start: int, stop: int, threads: int, prefetch: int) -> Iterator[Batch]:
-    try:
-        import grain
-    except ImportError:
-        return _thread_prefetch(fn, start, stop, prefetch)
+    import grain
+
     ds = grain.MapDataset.range(start, stop).map(fn)
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                      prefetch_buffer_size=prefetch)))
@@ -435,6 +614,20 @@ def _thread_prefetch(fn, start: int, stop: int | None, depth: int) -> Iterator[B
     return gen()
 
 
+# ----------------------------------------------------------------------------- config
+
+
+def default_num_workers(source: Source) -> int:
+    """Workers of `data.num_workers = -1`: none for in-memory data, else min(cores, 8)."""
+    if isinstance(source, ArraySource):
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(cores, MAX_AUTO_WORKERS)
+
+
 def get_dataset(config, split: str, batch_size: int | None = None, *, seed: int | None = None,
                 shuffle: bool | None = None, pad_last: bool = False,
                 process_index: int | None = None, process_count: int | None = None
@@ -452,6 +645,10 @@ def get_dataset(config, split: str, batch_size: int | None = None, *, seed: int 
         batch_size = config.training.batch_size if train else config.eval.batch_size
     source = get_source(config, split)
     in_memory = isinstance(source, ArraySource)
+    workers = int(config.data.get("num_workers", -1))
+    if workers < -1:
+        raise ValueError(f"config.data.num_workers={workers}; use -1 (automatic), 0 (read in "
+                         "this process) or a number of worker processes")
     return Pipeline(
         source=source, global_batch=int(batch_size),
         seed=int(config.seed if seed is None else seed),
@@ -461,4 +658,6 @@ def get_dataset(config, split: str, batch_size: int | None = None, *, seed: int 
         dequantize=bool(config.data.uniform_dequantization),
         process_index=process_index, process_count=process_count,
         num_threads=0 if in_memory else int(config.data.get("num_threads", 8)),
-        pad_last=pad_last)
+        pad_last=pad_last,
+        num_workers=default_num_workers(source) if workers == -1 else workers,
+        corrupt=str(config.data.get("corrupt_images", "error")))

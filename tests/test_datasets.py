@@ -1,4 +1,12 @@
-"""Data pipelines: the digits split, determinism for resumption, per-host slices, sources."""
+"""Data pipelines: the digits split, determinism for resumption, per-host slices, sources,
+worker processes and the corrupt-image policy."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -119,24 +127,262 @@ def test_image_folder(tmp_path):
         datasets.get_source(config, "train")
 
 
-tfds = pytest.importorskip("tensorflow_datasets", reason="the [tfds] extra is not installed")
+# ----------------------------------------------------------------------------- worker processes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_tfds_source_with_mock_data():
+def _write_folder(root, n: int = 20, seed: int = 0) -> list:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True)
+    paths = [root / "train" / f"{i:02d}.png" for i in range(n)]
+    for p in paths:
+        Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(p)
+    return paths
+
+
+def _folder_config(root, **data):
+    config = driver_configs.tiny({"data.dataset": "IMAGE_FOLDER", "data.num_channels": 3,
+                                  "data.random_flip": True, "data.uniform_dequantization": True})
+    config.data.data_dir = str(root)
+    for k, v in data.items():
+        config.data[k] = v
+    return config
+
+
+def _folder_pipeline(config, **kw):
+    return datasets.get_dataset(config, "train", batch_size=4, process_index=0,
+                                process_count=1, **kw)
+
+
+def _gone(pid: int) -> bool:
+    """True once a process has exited and been reaped (no zombie left)."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    _write_folder(root)
+    return root
+
+
+def test_workers_read_the_batches_of_the_main_process(folder):
+    ds = _folder_pipeline(_folder_config(folder, num_workers=0))
+    reference = [ds.batch(s) for s in range(8)]  # 20 images / 4: crosses an epoch at step 5
+    for workers, start in ((1, 0), (2, 0), (2, 5)):  # (2, 5): a run resumed at step 5
+        ds.num_workers = workers
+        it = ds.iterate(start, 8)
+        got = list(it)
+        assert len(got) == 8 - start and all(_gone(pid) for pid in it.pids)
+        for want, have in zip(reference[start:], got, strict=True):
+            np.testing.assert_array_equal(have["image"], want["image"])
+    padded = datasets.get_dataset(_folder_config(folder, num_workers=1), "train", batch_size=8,
+                                  shuffle=False, pad_last=True, process_index=0,
+                                  process_count=1)  # evaluation: 20 images, the last padded
+    got = list(padded.iterate())
+    assert [int(b["mask"].sum()) for b in got] == [8, 8, 4]
+    for step, batch in enumerate(got):
+        for key, value in padded.batch(step).items():
+            np.testing.assert_array_equal(batch[key], value)
+
+
+def test_workers_hold_one_batch_each_and_import_no_jax(tmp_path):
+    log = tmp_path / "decoded.txt"
+    ds = datasets.Pipeline(source=CountingSource(str(log)), global_batch=4, seed=0,
+                           shuffle=False, geometry=datasets.Geometry("resize", 2),
+                           num_workers=2)
+    it = ds.iterate(0)
+    for pid in it.pids:  # the main process decides when workers stop (e.g. on pre-emption)
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(3):
+        next(it)
+    time.sleep(0.5)  # let the workers run ahead as far as they can
+    import jax  # noqa: F401  (so that the check below can fail: this process maps jaxlib)
+
+    assert "jaxlib" in open(f"/proc/{os.getpid()}/maps").read()
+    for pid in it.pids:
+        assert "jaxlib" not in open(f"/proc/{pid}/maps").read()
+    # 3 batches read + one batch ahead in each of the 2 workers, 4 examples each
+    assert len(log.read_text().split()) == (3 + 2) * 4
+    it.close()
+    assert all(_gone(pid) for pid in it.pids)
+
+
+class CountingSource:
+    """A picklable source that logs every example it decodes (in whichever process)."""
+
+    levels, has_labels = 256, False
+
+    def __init__(self, log: str):
+        self.log = log
+
+    def __len__(self) -> int:
+        return 1000
+
+    def __getitem__(self, index: int) -> dict:
+        with open(self.log, "a") as f:
+            f.write(f"{index} ")
+        return {"image": np.full((2, 2, 1), index % 256, np.uint8)}
+
+
+def test_corrupt_image_skipped_once_with_the_same_batches_in_workers(tmp_path, capfd):
+    clean = _write_folder(tmp_path / "clean")
+    _write_folder(tmp_path / "bad")
+    bad = tmp_path / "bad" / "train" / "07.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # a truncated PNG
+    ds_clean = _folder_pipeline(_folder_config(tmp_path / "clean", num_workers=0))
+    ds = _folder_pipeline(_folder_config(tmp_path / "bad", num_workers=2,
+                                         corrupt_images="skip"))
+    got = list(ds.iterate(0, 15))  # three epochs: both workers meet the bad file
+    err = capfd.readouterr().err
+    assert err.count(str(bad)) == 1 and "warning" in err and len(err.splitlines()) == 1
+    bad_index = [str(p) for p in clean].index(str(clean[7]))
+    for step, batch in enumerate(got):
+        np.testing.assert_array_equal(batch["image"], ds.batch(step)["image"])  # deterministic
+        for i, position in enumerate(ds.positions(step)):
+            if ds._index(position) != bad_index:  # every other example is untouched
+                np.testing.assert_array_equal(batch["image"][i],
+                                              ds_clean.example(position)["image"])
+    assert capfd.readouterr().err == ""  # reported once per process, not once per read
+
+
+def test_corrupt_image_stops_the_run_naming_the_file(tmp_path, capfd):
+    _write_folder(tmp_path, n=4)
+    bad = tmp_path / "train" / "02.png"
+    bad.write_bytes(b"not an image")
+    ds = _folder_pipeline(_folder_config(tmp_path, num_workers=0))
+    with pytest.raises(datasets.CorruptImageError, match=str(bad)) as in_process:
+        [ds.batch(s) for s in range(2)]
+    ds.num_workers = 1
+    it = ds.iterate(0, 4)
+    with pytest.raises(datasets.CorruptImageError) as in_worker:
+        list(it)
+    assert str(in_worker.value) == str(in_process.value)  # one line, same as in process
+    assert "\n" not in str(in_worker.value) and isinstance(in_worker.value, ValueError)
+    assert all(_gone(pid) for pid in it.pids)
+    assert capfd.readouterr().err == ""  # nothing else from the worker
+
+
+def test_image_folder_without_a_readable_image_names_it(tmp_path):
+    _write_folder(tmp_path, n=2)
+    for p in (tmp_path / "train").iterdir():
+        p.write_bytes(b"\x89PNG broken")
+    with pytest.raises(datasets.DatasetNotFoundError, match=f"none of the 2 .*{tmp_path}"):
+        datasets.get_source(_folder_config(tmp_path), "train")
+
+
+def test_worker_counts_and_policies_from_the_config(folder, config):
+    assert _pipeline(config).num_workers == 0  # in-memory digits: no processes
+    auto = _folder_pipeline(_folder_config(folder, num_workers=-1))
+    assert auto.num_workers == min(len(os.sched_getaffinity(0)), datasets.MAX_AUTO_WORKERS)
+    with pytest.raises(ValueError, match=r"config.data.num_workers=-3"):
+        _folder_pipeline(_folder_config(folder, num_workers=-3))
+    with pytest.raises(ValueError, match=r"config.data.corrupt_images='ignore'.*'skip'"):
+        _folder_pipeline(_folder_config(folder, corrupt_images="ignore"))
+
+
+EXIT_SCRIPT = textwrap.dedent("""
+    import glob, sys
+    sys.path.insert(0, {root!r})
+    from score_sde import datasets
+
+    if __name__ == "__main__":
+        source = datasets.ImageFolder(tuple(sorted(glob.glob({folder!r} + "/train/*.png"))), 3)
+        ds = datasets.Pipeline(source, global_batch=4, seed=0, shuffle=True,
+                               geometry=datasets.Geometry("crop", 8), num_workers=2)
+        it = ds.iterate(0)  # endless, never closed
+        next(it)
+        print(*it.pids, flush=True)
+        {ending}
+""")
+
+
+@pytest.mark.parametrize("ending", ["pass", "raise SystemExit(3)"])
+def test_workers_end_with_the_main_process(folder, tmp_path, ending):
+    script = tmp_path / "run.py"
+    script.write_text(EXIT_SCRIPT.format(root=ROOT, folder=str(folder), ending=ending))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == (3 if "3" in ending else 0), done.stderr
+    pids = [int(p) for p in done.stdout.split()]
+    assert len(pids) == 2 and all(_gone(pid) for pid in pids)
+    assert "Traceback" not in done.stderr and "leaked" not in done.stderr
+
+
+def test_bucket_listing_keeps_the_scheme():
+    """fsspec's walk drops 'gs://' from the folders it yields; the file paths keep it."""
+
+    class Bucket:
+        def __fspath__(self):
+            return "gs://bucket/data/train"
+
+        def walk(self):
+            yield "bucket/data/train", ["a"], ["1.png", "notes.txt"]
+            yield "bucket/data/train/a", [], ["0.JPG"]
+
+    assert datasets.list_images(Bucket()) == ("gs://bucket/data/train/1.png",
+                                              "gs://bucket/data/train/a/0.JPG")
+
+
+@pytest.fixture
+def tfds():  # imported by the tests that need it (worker processes import this module too)
+    return pytest.importorskip("tensorflow_datasets", reason="the [tfds] extra is not installed")
+
+
+def test_tfds_source_with_mock_data(tfds):
     config = driver_configs.tiny({"data.dataset": "CIFAR10", "data.num_channels": 3,
                                   "data.image_size": 16})
+    config.data.num_workers = 1
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
         ds = datasets.get_dataset(config, "train", batch_size=4, process_index=0,
                                   process_count=1)
-        batches = list(ds.iterate(0, 3))
+        batches = list(ds.iterate(0, 3))  # decoded in a worker process
         again = ds.batch(2)
     assert batches[0]["image"].shape == (4, 16, 16, 3)  # 32x32 resized to image_size
     assert batches[0]["label"].shape == (4,)
     np.testing.assert_array_equal(batches[2]["image"], again["image"])
 
 
-def test_tfds_missing_dataset_says_how_to_prepare_it(tmp_path):
+def test_tfds_missing_dataset_says_how_to_prepare_it(tfds, tmp_path):
     config = driver_configs.tiny({"data.dataset": "CIFAR10"})
     config.data.data_dir = str(tmp_path)
     with pytest.raises(datasets.DatasetNotFoundError, match=r"tfds build cifar10"):
         datasets.get_source(config, "train")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_training_on_a_folder_with_a_corrupt_image(tmp_path, policy):
+    """`--mode train` with 2 data workers: one line and exit 1, or one warning and a full run."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for i in range(16):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+                tmp_path / "data" / split / f"{i:02d}.png")
+    bad = tmp_path / "data" / "train" / "05.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    overrides = {"data.dataset": "IMAGE_FOLDER", "data.num_workers": 2,
+                 "data.corrupt_images": policy, "training.n_iters": 6}
+    args = [*driver_configs.cli(overrides), f"--config.data.data_dir={tmp_path / 'data'}",
+            f"--workdir={tmp_path / 'run'}", "--mode=train"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    done = subprocess.run([sys.executable, "-m", "score_sde.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [line for line in done.stderr.splitlines() if str(bad) in line]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(lines) == 1, done.stderr[-3000:]
+    if policy == "error":
+        assert done.returncode == 1
+        assert lines[0].startswith("score_sde: error: cannot decode the dataset image")
+        assert done.stderr.strip().splitlines()[-1] == lines[0]
+    else:
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert lines[0].startswith("score_sde: warning: skipped the corrupt dataset image")

@@ -55,6 +55,8 @@ def get_config():
     data.random_flip = True
     data.uniform_dequantization = False
     data.num_channels = 3
+    data.num_workers = -1  # decoding processes; -1: min(cores, 8), 0 for in-memory data
+    data.corrupt_images = 'error'  # an undecodable image in an image folder: 'error' or 'skip'
 
     config.model = model = ml_collections.ConfigDict()
     model.name = 'ncsnpp'
