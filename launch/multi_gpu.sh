@@ -26,6 +26,16 @@ for ((i = 0; i < NUM_PROCESSES; i++)); do
     "$@" &
   pids+=($!)
 done
+# SIGTERM to this script reaches every process, so all of them save at one step and exit 75
+# (pre-empted, resume me). Ctrl-C needs no forwarding: the terminal signals them all itself.
+trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' TERM
+wait_for() {  # $1's exit status; a trapped signal interrupts `wait`, so wait again
+  local rc=0
+  while true; do
+    wait "$1" && return 0 || rc=$?
+    kill -0 "$1" 2>/dev/null || return "$rc"
+  done
+}
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+for pid in "${pids[@]}"; do wait_for "$pid" || status=$?; done
 exit "$status"

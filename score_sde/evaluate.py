@@ -62,6 +62,10 @@ class Restorer:
         if step is not None:
             return self.ckpts.restore_snapshot(self.target(), step), step
         state, found = self.ckpts.restore_latest(self.target())
+        if found is None and self.ckpts.skipped:
+            raise checkpoints.CheckpointError(
+                f"no usable checkpoint in {self.workdir}: {self.ckpts.unusable()}; "
+                "train (--mode train) to write a new one")
         if found is None:
             raise FileNotFoundError(f"no checkpoint in {self.workdir / checkpoints.SNAPSHOT_DIR} "
                                     f"or {self.workdir / checkpoints.META_DIR}; train first "

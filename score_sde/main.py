@@ -15,15 +15,23 @@ Modes (the MODES table; other modules add theirs with `@register_mode(name)`):
 Config values are overridden on the command line, e.g. `--config.training.n_iters=2000`.
 Multi-host: --coordinator_address/--num_processes/--process_id, or --distributed to read the
 cluster environment (SLURM, Open MPI, Cloud TPU); a detected cluster environment also starts it.
+
+A mistake or a failure of the environment (a missing file, an unwritable workdir, a full disk,
+a corrupt checkpoint, a bad config value) ends in one line `score_sde: error: ...` and exit
+status 1 (the traceback with --traceback); an unexpected error shows its traceback.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import traceback
+import uuid
 from collections.abc import Callable
 
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -40,6 +48,9 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 flags.DEFINE_bool("distributed", False,
                   "Call jax.distributed.initialize() from the cluster environment.")
 flags.DEFINE_bool("traceback", False, "Show the full traceback of errors.")
+flags.DEFINE_float("progress_every_secs", None,
+                   "When stderr is not a terminal (SLURM .out, nohup): seconds between the "
+                   "plain progress lines (default $SCORE_SDE_PROGRESS_SECS or 60).")
 flags.DEFINE_string("compilation_cache", None,
                     "Directory of JAX's persistent compilation cache (or set "
                     "JAX_COMPILATION_CACHE_DIR): reruns and resumed jobs load compiled "
@@ -57,9 +68,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 Mode = Callable[[object, str], object]
 MODES: dict[str, Mode] = {}
 
-# Errors that are about the user's input (config, paths, data) and read as one message.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, ImportError,
-               IndexError)
+# Errors about the user's input or the environment that read as one message: OSError covers
+# missing files, permissions, full disks, checkpoints.CheckpointError, datasets'
+# DatasetNotFoundError and the workdir hold; FloatingPointError covers train.NonFiniteLossError.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, IndexError)
+# Modes that create the workdir when it does not exist (the others read a trained one).
+CREATES_WORKDIR = ("train", "convert", "train_classifier")
 
 
 def register_mode(name: str) -> Callable[[Mode], Mode]:
@@ -154,9 +168,11 @@ def run(mode: str, config, workdir: str) -> object:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with a one-line message for a config override that does not exist."""
+    """absl's parser, with one-line messages for a config file that does not exist and for a
+    config override that does not exist (both before JAX starts)."""
+    _check_config_file(argv)
     try:
-        return FLAGS(argv)
+        rest = FLAGS(argv)
     except flags.Error as e:
         sys.exit(f"score_sde: error: {e}\nPass --helpshort or --helpfull to see help on flags.")
     except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -164,6 +180,46 @@ def parse_flags(argv: list[str]) -> list[str]:
         detail = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
         sys.exit(f"score_sde: error: a config override is not valid ({detail}); "
                  f"overrides given: {' '.join(bad)}")
+    FLAGS.config  # noqa: B018  (loads the file now, not after JAX has started)
+    return rest
+
+
+def _check_config_file(argv: list[str]) -> None:
+    """Exit with one line if --config names a file that does not exist."""
+    values = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    values += [argv[i + 1] for i, a in enumerate(argv[1:-1], 1) if a == "--config"]
+    for value in values:
+        path = value.split(":", 1)[0]  # config_flags allows `file.py:argument`
+        if path and not os.path.isfile(path):
+            sys.exit(f"score_sde: error: --config={value}: no such file (from {os.getcwd()}); "
+                     "give the path of a config file, e.g. configs/digits.py")
+
+
+def check_workdir(workdir: str, mode: str) -> None:
+    """One clear error, before JAX starts, for a workdir that cannot be used: a file in the
+    way, or (for the modes that create it) a directory that cannot be created or written."""
+    path = epath.Path(workdir)
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a directory", workdir)
+        if mode in CREATES_WORKDIR:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".write_test.{uuid.uuid4().hex}"
+            probe.write_text("")
+            probe.unlink()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise OSError(f"--workdir={workdir} cannot be used: {reason}"
+                      + (f" ({e.filename})" if e.filename and str(e.filename) != workdir
+                         else "")) from e
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: an OSError as 'path: reason', others as their message."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    text = str(error).strip() or type(error).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def use_compilation_cache(directory: str) -> None:
@@ -177,16 +233,20 @@ def use_compilation_cache(directory: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:  # keep library INFO logs (orbax) off the console
-        logging.set_verbosity(logging.WARNING)
-    from score_sde import parallel
-
-    if FLAGS.compilation_cache:
-        use_compilation_cache(FLAGS.compilation_cache)
     try:
         if FLAGS.mode not in MODES:
             raise ValueError(f"--mode={FLAGS.mode!r} is not a mode; choose one of "
                              f"{sorted(MODES)}")
+        check_workdir(FLAGS.workdir, FLAGS.mode)  # before importing JAX (seconds)
+        from score_sde import logging_utils, parallel
+
+        if not FLAGS["verbosity"].present:  # keep library logs (orbax) off the console
+            logging.set_verbosity(logging.WARNING)
+            logging_utils.quiet_library_logs()
+        if FLAGS.progress_every_secs is not None:
+            logging_utils.PROGRESS_EVERY_SECS = FLAGS.progress_every_secs
+        if FLAGS.compilation_cache:
+            use_compilation_cache(FLAGS.compilation_cache)
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                             auto=FLAGS.distributed)
         import jax
@@ -199,9 +259,14 @@ def main(argv: list[str]) -> None:
     except USER_ERRORS as e:
         if FLAGS.traceback:
             traceback.print_exc()
-        print(f"score_sde: error: {e}", file=sys.stderr, flush=True)
+        print(f"score_sde: error: {one_line(e)}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `python -m score_sde.main` entry point."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    cli()

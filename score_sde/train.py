@@ -2,23 +2,44 @@
 
 One jitted call runs `config.training.n_jitted_steps` optimiser steps (`lax.scan` over a
 stacked batch) with the state replicated and the batch sharded on the mesh's 'data' axis; the
-state buffers are donated. The host waits for the device only every `training.log_freq` steps
-and before a checkpoint is written, and a NaN/Inf loss found then stops the run before anything
-non-finite is saved.
+state buffers are donated. The host keeps one call queued ahead of the device (it reads each
+call's stop vote, below, one call late); a NaN/Inf loss, checked every `training.log_freq`
+steps and before a checkpoint is written, stops the run before anything non-finite is saved.
+
+Around the loop: the run holds its workdir (run_lease: one training run per workdir), records
+its config there (run_config), and turns SIGTERM/SIGINT into a checkpoint and exit status 75
+(preemption). Every process must stop at the same step, also the ones that got no signal: each
+call carries this process's "stop" flag into the jitted step and returns the OR over all
+processes, and the loop reads that result one call late, when the device has finished that call
+anyway, so the check costs no collective of its own and never stalls the pipeline (at most one
+call stays queued behind the host). The stop comes at most two calls after the signal.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import warnings
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
 
-from score_sde import checkpoints, datasets, losses, parallel, sde_lib
+from score_sde import (
+    checkpoints,
+    datasets,
+    losses,
+    parallel,
+    preemption,
+    run_config,
+    run_lease,
+    sde_lib,
+)
 from score_sde import logging_utils as log
 
 # Donation is a no-op on the CPU backend; the warning says so on every compile.
@@ -60,24 +81,40 @@ def _unrolled(step_fn, state, batches):
     return state, jnp.stack(step_losses)
 
 
-def make_train_call(step_fn, mesh, scaler, use_scan: bool | None = None):
+def make_train_call(step_fn, mesh, scaler, use_scan: bool | None = None,
+                    stop_vote: bool = False):
     """jit(state, stacked_batch) -> (state, losses (n,)): n steps of `step_fn`.
 
     The steps run as a lax.scan on accelerators; on the CPU backend (where XLA runs the
     convolutions inside a loop body many times slower) and for a single step they are unrolled.
+    With `stop_vote` the call is jit(state, stacked_batch, votes) -> (state, losses, stop):
+    `votes` holds one bool per device (see `stop_votes`) and `stop`, replicated, is their OR.
     """
     rep = parallel.replicated(mesh)
     if use_scan is None:
         use_scan = mesh.devices.flat[0].platform != "cpu"
 
-    def call(state, batches):
+    def steps(state, batches):
         batches = dict(batches, image=scaler(batches["image"]))
         if use_scan and batches["image"].shape[0] > 1:
             return jax.lax.scan(step_fn, state, batches)
         return _unrolled(step_fn, state, batches)
 
-    return jax.jit(call, in_shardings=(rep, parallel.data_sharding(mesh, 1)),
-                   out_shardings=(rep, rep), donate_argnums=(0,))
+    def voting(state, batches, votes):
+        return (*steps(state, batches), jnp.any(votes))
+
+    data = parallel.data_sharding(mesh, 1)
+    if stop_vote:
+        return jax.jit(voting, in_shardings=(rep, data, parallel.data_sharding(mesh)),
+                       out_shardings=(rep, rep, rep), donate_argnums=(0,))
+    return jax.jit(steps, in_shardings=(rep, data), out_shardings=(rep, rep),
+                   donate_argnums=(0,))
+
+
+def stop_votes(mesh, flag: bool) -> jax.Array:
+    """A global bool array, one entry per device of `mesh`, this process's devices set to flag."""
+    local = np.full((len(mesh.local_devices),), bool(flag))
+    return parallel.shard_batch({"votes": local}, mesh)["votes"]
 
 
 def make_eval_call(eval_step_fn, mesh, scaler):
@@ -100,8 +137,8 @@ def _all_finite(tree) -> jax.Array:
 class Trainer:
     """Everything `train` builds once: mesh, SDE, model, optimiser, jitted calls, data."""
 
-    def __init__(self, config, workdir: str | Path):
-        self.config, self.workdir = config, Path(workdir)
+    def __init__(self, config, workdir: str | os.PathLike):
+        self.config, self.workdir = config, epath.Path(workdir)
         self.mesh = parallel.make_mesh()
         self.n_jit = check_config(config, self.mesh)
         self.sde, self.eps = sde_lib.get_sde(config)
@@ -113,18 +150,30 @@ class Trainer:
         self.inverse_scaler = datasets.get_data_inverse_scaler(config)
         self.train_call = make_train_call(
             losses.get_step_fn(config, self.sde, self.model, self.optimizer, train=True),
-            self.mesh, self.scaler)
+            self.mesh, self.scaler, stop_vote=True)
+        self._votes = {flag: stop_votes(self.mesh, flag) for flag in (False, True)}
         self.eval_call = make_eval_call(
             losses.get_step_fn(config, self.sde, self.model, self.optimizer, train=False),
             self.mesh, self.scaler)
         self.train_ds = datasets.get_dataset(config, "train")
         self.eval_ds = datasets.get_dataset(config, "test")
 
+    def abstract_state(self) -> losses.TrainState:
+        """Shapes and (replicated) shardings of the state: the restore target. A resumed run
+        needs no initialisation, so a requeued job skips compiling it."""
+        shapes = jax.eval_shape(lambda r: losses.init_train_state(
+            r, self.config, self.model, self.optimizer), jax.random.PRNGKey(0))
+        return checkpoints.abstract_like(shapes, parallel.replicated(self.mesh))
+
     def init_state(self) -> losses.TrainState:
         rng = jax.random.PRNGKey(int(self.config.seed))
         state = jax.jit(lambda r: losses.init_train_state(r, self.config, self.model,
                                                           self.optimizer))(rng)
         return parallel.replicate(jax.device_get(state), self.mesh)
+
+    def votes(self, stop: bool) -> jax.Array:
+        """This process's stop flag as the `votes` input of train_call."""
+        return self._votes[bool(stop)]
 
     def stacked_batch(self, batches) -> dict[str, jax.Array]:
         stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
@@ -143,19 +192,55 @@ def _crossed(step: int, freq: int) -> bool:
     return step % freq == 0
 
 
-def train(config, workdir: str | Path, init_from_published: str | None = None
+def train(config, workdir: str | os.PathLike, init_from_published: str | None = None
           ) -> losses.TrainState:
     """Train from scratch, from the newest checkpoint in workdir, or from published weights.
 
     Writes workdir/checkpoints, workdir/checkpoints-meta, workdir/tensorboard,
-    workdir/metrics.jsonl, workdir/samples/iter_<step>/ (snapshot sampling) and workdir/loss.png.
+    workdir/metrics.jsonl, workdir/samples/iter_<step>/ (snapshot sampling), workdir/loss.png,
+    workdir/config.json and, while it runs, workdir/train.lease. Raises
+    run_lease.WorkdirBusyError if another live run trains in workdir, and
+    preemption.Preempted (SystemExit, status 75) after saving a checkpoint on SIGTERM/SIGINT.
     """
+    workdir = epath.Path(workdir)
+    with _hold_workdir(workdir), preemption.PreemptionGuard() as guard:
+        if log.is_main():
+            run_config.record(config, workdir)
+        try:
+            return _train(config, workdir, init_from_published, guard)
+        except preemption.Preempted as e:
+            log.say(f"score_sde: {e}")
+            raise
+
+
+@contextlib.contextmanager
+def _hold_workdir(workdir: epath.Path) -> Iterator[None]:
+    """Process 0 holds the workdir's lease for the run; every process stops if it cannot."""
+    lease = run_lease.WorkdirLease(workdir) if log.is_main() else None
+    failed = None
+    try:
+        if lease is not None:
+            lease.acquire()
+    except Exception as e:  # noqa: BLE001  (re-raised below, after the other processes know)
+        failed = e
+    if not parallel.all_true(failed is None):
+        raise failed or run_lease.WorkdirBusyError(
+            f"process 0 could not hold {workdir} (see its message)")
+    try:
+        yield
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _train(config, workdir: epath.Path, init_from_published: str | None,
+           guard: preemption.PreemptionGuard) -> losses.TrainState:
     tr = config.training
-    workdir = Path(workdir)
     t = Trainer(config, workdir)
     ckpts = checkpoints.Checkpoints(workdir)
     writer = log.MetricWriter(workdir)
-    state, resumed = ckpts.restore_latest(t.init_state())
+    state, resumed = ckpts.restore_latest(t.abstract_state())
+    state = state if resumed is not None else t.init_state()
     if resumed is not None:
         log.say(f"Resuming from the checkpoint at step {resumed} in {workdir}"
                 + (" (--init_from_published is ignored)" if init_from_published else ""))
@@ -178,10 +263,13 @@ def train(config, workdir: str | Path, init_from_published: str | None = None
     bar = log.progress(total=n_iters, initial=step, desc="train", unit="step")
     tick, tick_step = time.perf_counter(), step
     sampler = None
+    stop = None  # the last call's "some process was asked to stop", read after the next call
     try:
         while step < n_iters:
+            ckpts.check()  # a failed background save stops the run before another step
             batch = t.stacked_batch([next(data) for _ in range(t.n_jit)])
-            state, step_losses = t.train_call(state, batch)
+            stop_before = stop
+            state, step_losses, stop = t.train_call(state, batch, t.votes(guard.requested))
             bad = bad | ~jnp.all(jnp.isfinite(step_losses))
             step += t.n_jit
             bar.update(t.n_jit)
@@ -208,6 +296,19 @@ def train(config, workdir: str | Path, init_from_published: str | None = None
                 sampler = sampler or Sampler(config, t.sde, t.eps, t.model, t.mesh,
                                              n=int(tr.batch_size))
                 _snapshot_samples(sampler, state, step, workdir, writer, config)
+            if stop_before is not None and bool(stop_before):  # every process, same step
+                kind = checkpoints.SNAPSHOT_DIR if snapshot else checkpoints.META_DIR
+                if last_good_ckpt != step:
+                    _check_finite(bad, step, last_good_ckpt, workdir)
+                    if not bool(_all_finite(state.params)):
+                        _raise_nonfinite(step, last_good_ckpt, workdir, what="parameters")
+                    ckpts.save_preemption(step, state)
+                    kind = checkpoints.META_DIR
+                ckpts.wait()  # committed before the exit status says "resume me"
+                if jax.process_count() > 1:  # no process exits before all have waited
+                    multihost_utils.sync_global_devices("score_sde: pre-empted")
+                raise preemption.Preempted(step, guard.signal_name or "a signal to another "
+                                           "process", str(workdir / kind / str(step)))
     finally:
         bar.close()
         ckpts.wait()
@@ -219,12 +320,13 @@ def train(config, workdir: str | Path, init_from_published: str | None = None
     return state
 
 
-def _check_finite(bad: jax.Array, step: int, last_good: int | None, workdir: Path) -> None:
+def _check_finite(bad: jax.Array, step: int, last_good: int | None,
+                  workdir: epath.Path) -> None:
     if bool(bad):
         _raise_nonfinite(step, last_good, workdir, what="loss")
 
 
-def _raise_nonfinite(step: int, last_good: int | None, workdir: Path, what: str):
+def _raise_nonfinite(step: int, last_good: int | None, workdir: epath.Path, what: str):
     kept = (f"the last good checkpoint (step {last_good}) is kept in {workdir}"
             if last_good is not None else "no checkpoint was written")
     raise NonFiniteLossError(
@@ -278,14 +380,16 @@ class Sampler:
         return images, int(jax.device_get(nfe))
 
 
-def _snapshot_samples(sampler: Sampler, state, step: int, workdir: Path, writer, config) -> None:
+def _snapshot_samples(sampler: Sampler, state, step: int, workdir: epath.Path, writer,
+                      config) -> None:
     rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 2), step)
     images, nfe = sampler(state.ema_params, rng)
     images = parallel.to_host(images)
     if log.is_main():
         out = workdir / "samples" / f"iter_{step}"
         out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out / "sample.npz", samples=log.to_uint8(images))
+        with (out / "sample.npz").open("wb") as f:
+            np.savez_compressed(f, samples=log.to_uint8(images))
         path = log.save_image_grid(out / "sample.png", images)
         writer.image(step, "samples", log.image_grid(images))
         log.say(f"Wrote {len(images)} samples ({nfe} score evaluations each) to {path}")

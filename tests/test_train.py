@@ -1,6 +1,8 @@
-"""The training loop on 8 CPU devices: outputs, exact resumption after kill -9, NaN stop, errors."""
+"""The training loop on 8 CPU devices: outputs, exact resumption after kill -9 and after
+SIGTERM (pre-emption), NaN stop, errors, the config written to the workdir."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from score_sde import checkpoints, losses, train
+from score_sde import checkpoints, losses, preemption, run_config, run_lease, train
 from score_sde import logging_utils as log
 from tests import driver_configs
 
@@ -22,8 +24,32 @@ SCHEDULE = {"training.n_iters": N, "training.log_freq": 1, "training.eval_freq":
             "training.snapshot_freq": 8, "training.snapshot_freq_for_preemption": 4}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fast_runs(tmp_path_factory):
+    """Runs here start alone in their workdir: no lease race-settling pause. JAX's persistent
+    compilation cache (what --compilation_cache turns on) lets every later train() of this
+    module load the reference run's compiled programs: compiling is ~85% of a tiny run's time."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    options = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jit_cache")),
+               "jax_persistent_cache_min_compile_time_secs": 0.0,
+               "jax_persistent_cache_min_entry_size_bytes": 0}
+    before = {k: getattr(jax.config, k) for k in options}
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(run_lease, "SETTLE_S", 0.0)
+        for k, v in options.items():
+            jax.config.update(k, v)
+        cc.reset_cache()
+        try:
+            yield
+        finally:
+            for k, v in before.items():
+                jax.config.update(k, v)
+            cc.reset_cache()
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, _fast_runs):
     """An uninterrupted run (in this process, 8 devices)."""
     workdir = tmp_path_factory.mktemp("reference")
     state = train.train(driver_configs.tiny(SCHEDULE), workdir)
@@ -47,6 +73,60 @@ def test_run_writes_checkpoints_logs_and_figure(reference):
     assert [r["step"] for r in evals] == [8, 16]
     lines = (workdir / log.METRICS_FILE).read_text().splitlines()
     assert all(isinstance(json.loads(line)["step"], int) for line in lines)
+    recorded = json.loads((workdir / run_config.CONFIG_FILE).read_text())
+    assert recorded["training"]["n_iters"] == N and recorded["model"]["ch_mult"] == [1]
+    assert not (workdir / run_lease.LEASE_FILE).exists()  # released at the end
+
+
+def test_sigterm_saves_where_all_agree_and_the_restart_continues_the_run(
+        reference, tmp_path, monkeypatch, capsys):
+    """In-process: SIGTERM arrives while step 5 is logged; the run saves, raises Preempted
+    (exit 75); the restart resumes there and logs the uninterrupted run's losses."""
+    ref_dir, _ = reference
+    real = log.MetricWriter.scalars
+    sent = {}
+
+    def scalars(self, step, values):
+        real(self, step, values)
+        if step == 5 and not sent:
+            sent["at"] = step
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(log.MetricWriter, "scalars", scalars)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(preemption.Preempted) as e:
+        train.train(driver_configs.tiny(SCHEDULE), tmp_path)
+    assert e.value.code == preemption.EXIT_PREEMPTED
+    saved = e.value.step
+    # no step that was done when the signal came is lost; the vote is read one call late
+    assert sent["at"] <= saved <= sent["at"] + 2 * driver_configs.FAST["training.n_jitted_steps"]
+    assert checkpoints.is_complete(tmp_path / checkpoints.META_DIR / str(saved))
+    assert f"pre-empted at step {saved} by SIGTERM" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is handler
+    assert not (tmp_path / run_lease.LEASE_FILE).exists()
+
+    monkeypatch.setattr(log.MetricWriter, "scalars", real)
+    train.train(driver_configs.tiny(SCHEDULE), tmp_path)
+    assert f"Resuming from the checkpoint at step {saved} " in capsys.readouterr().out
+    got, want = _losses(tmp_path), _losses(ref_dir)
+    assert sorted(got) == list(range(1, N + 1))
+    np.testing.assert_allclose([got[s] for s in range(1, N + 1)],
+                               [want[s] for s in range(1, N + 1)], rtol=1e-6)
+
+
+def test_a_changed_config_is_printed_field_by_field_and_recorded(tmp_path, capsys):
+    first = driver_configs.tiny()
+    assert run_config.record(first, tmp_path) == []
+    changed = driver_configs.tiny({"optim.lr": 1e-3, "model.ch_mult": (1, 2)})
+    lines = run_config.record(changed, tmp_path)
+    assert lines == ["config.model.ch_mult: [1] -> [1, 2]",
+                     f"config.optim.lr: {first.optim.lr} -> 0.001"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("The config differs from the one in ")
+    assert out[1:] == [f"  {line}" for line in lines]
+    assert json.loads((tmp_path / run_config.CONFIG_FILE).read_text())["optim"]["lr"] == 1e-3
+    assert run_config.record(changed, tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run_config.CONFIG_FILE]
 
 
 @pytest.mark.slow
@@ -118,3 +198,37 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 def test_bad_schedule_or_batch_is_one_clear_error(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
         train.train(driver_configs.tiny({**SCHEDULE, field: value}), tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_second_train_is_refused_and_sigterm_exits_75(tmp_path):
+    """Through score_sde.main: a second `train` on a held workdir ends in one line naming the
+    holder (exit 1); SIGTERM to the first saves a checkpoint and exits 75 with one line."""
+    long = {**SCHEDULE, "training.n_iters": 400, "training.eval_freq": 400,
+            "training.snapshot_freq": 400, "training.snapshot_freq_for_preemption": 400}
+    cmd = [sys.executable, "-m", "score_sde.main", f"--workdir={tmp_path / 'w'}",
+           *driver_configs.cli(long)]
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not (
+                (tmp_path / "w" / log.METRICS_FILE).exists() and _losses(tmp_path / "w")):
+            time.sleep(0.2)
+        second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert second.returncode == 1, second.stderr[-2000:]
+    errors = [line for line in second.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and f"pid {proc.pid}, since " in errors[0], second.stderr[-2000:]
+    assert proc.returncode == preemption.EXIT_PREEMPTED, (tmp_path / "err").read_text()[-2000:]
+    stops = [line for line in (tmp_path / "out").read_text().splitlines() if "pre-empted" in line]
+    assert len(stops) == 1 and stops[0].endswith("exit 75 = resume me"), stops
+    saved = int(stops[0].split("at step ")[1].split()[0])
+    assert checkpoints.is_complete(tmp_path / "w" / checkpoints.META_DIR / str(saved))
+    assert max(_losses(tmp_path / "w")) <= saved < long["training.n_iters"]
+    assert "got SIGTERM" in (tmp_path / "err").read_text()
+    assert not (tmp_path / "w" / run_lease.LEASE_FILE).exists()
