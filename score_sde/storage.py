@@ -65,8 +65,12 @@ def write_bytes(p: PathLike, data: bytes) -> epath.Path:
         return p
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, p)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, p)
+    except BaseException:  # a full disk: leave no partial temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return p
 
 
