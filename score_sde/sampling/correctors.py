@@ -33,7 +33,7 @@ _CORRECTORS: Registry[Corrector] = Registry("corrector", field="sampling.correct
 
 
 def register_corrector(name: str, nfe: int = 1):
-    """Decorator: make a corrector factory `sampling.corrector=name`; nfe: its score calls."""
+    """Decorator: make a corrector factory `sampling.corrector=name`; nfe: calls per step."""
     return _CORRECTORS.register(name, lambda factory: Corrector(factory, nfe))
 
 

@@ -32,7 +32,7 @@ _PREDICTORS: Registry[Predictor] = Registry("predictor", field="sampling.predict
 
 
 def register_predictor(name: str, nfe: int = 1):
-    """Decorator: make a predictor factory `sampling.predictor=name`; nfe: its score calls."""
+    """Decorator: make a predictor factory `sampling.predictor=name`; nfe: score calls per step."""
     return _PREDICTORS.register(name, lambda factory: Predictor(factory, nfe))
 
 

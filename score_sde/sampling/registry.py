@@ -62,7 +62,10 @@ def _spec(name: str, factory: Callable[..., Sampler], merges: bool,
                          f"{factory.__name__} does not take; its options: {list(options)}")
     config_fields = {opt: fields.get(opt, opt) for opt in options if opt not in CALLER_OPTIONS}
     config_fields = {opt: field for opt, field in config_fields.items() if field is not None}
-    hints = typing.get_type_hints(factory)
+    try:
+        hints = typing.get_type_hints(factory)
+    except (NameError, TypeError):  # an annotation that does not resolve here: use defaults
+        hints = {}
     field_types = {field: _field_type(name, opt, hints.get(opt), params[opt].default)
                    for opt, field in config_fields.items()}
     return SamplerSpec(factory, merges, options, config_fields, field_types)
