@@ -23,11 +23,12 @@ from etils.epath import Path  # local or gs:// paths alike
 
 from score_sde import checkpoints, datasets, losses, parallel, sde_lib, storage
 from score_sde import logging_utils as log
+from score_sde.registry import Registry
 from score_sde.train import Sampler
 
 # hook(config, sample_dir: Path, step: int) -> {name: value}; run after sampling a checkpoint.
 EvalHook = Callable[[Any, Path, int], dict[str, float]]
-EVAL_HOOKS: dict[str, EvalHook] = {}
+EVAL_HOOKS: Registry[EvalHook] = Registry("eval hook")
 
 
 def register_eval_hook(name: str) -> Callable[[EvalHook], EvalHook]:
