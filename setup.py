@@ -17,6 +17,7 @@ setup(
         "flax>=0.10,<0.13",
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
+        "etils[epath]>=1.7,<2",  # every file path, local or gs:// (score_sde.storage)
         "ml_collections>=1.0,<2",
         "absl-py>=2.0,<3",
         "numpy>=1.26,<3",
@@ -31,11 +32,17 @@ setup(
         "grain>=0.2.10,<0.3",  # the in-process (num_workers=0) threaded image reader
     ],
     extras_require={
+        # gs:// work directories: etils.epath reaches buckets through gcsfs (or TensorFlow),
+        # tensorboardX through google-cloud-storage; orbax needs nothing more (tensorstore)
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14,<4"],
         "gpu": ["jax[cuda12]>=0.6,<0.12"],
         "tfds": ["tensorflow-datasets>=4.9.7", "array_record>=0.5"],
         # torch (CPU wheel) + pytorch-fid: the reference network of the Inception equivalence test.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "torch==2.13.0",
                  "torchvision==0.28.0", "pytorch-fid==0.3.0",
+                 # gs:// work directories, tested against a local GCS emulator
+                 "gcsfs>=2024.2", "google-cloud-storage>=2.14,<4",
+                 "gcp-storage-emulator>=2026.7,<2028",
                  # the notebooks run top to bottom in the tests
                  "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
                  # the tfds data_source pipeline is tested on tfds.testing.mock_data

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.sampling import get_sampler
+from score_sde.sampling import MERGE_SAMPLERS, get_sampler  # MERGE_SAMPLERS: re-exported
 from score_sde.sampling.common import full_t
 from score_sde.sde_lib import SDE, ScoreFn, batch_mul
 
@@ -40,8 +40,6 @@ Sampler = Callable[[Array, ScoreFn], tuple[Array, Array]]
 # merge(rng, x, x_mean, t) -> (x, x_mean): put the observation, perturbed to t, into the state;
 # the samplers' `project` argument (score_sde.sampling.common.Project).
 Merge = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
-# Samplers with fixed steps, which take a merge after each (see the module docstring).
-MERGE_SAMPLERS = ("pc", "ddim", "heun", "dpm_solver++")
 
 
 def _batch_labels(labels: Array | int, batch: int) -> Array:

@@ -14,14 +14,15 @@ workdir/<folder>/<mode>.png (rows: input | mask or observation | results) and <m
 from __future__ import annotations
 
 import time
-from pathlib import Path
+import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils.epath import Path
 
 from score_sde import controllable as C
-from score_sde import datasets, sampling, sde_lib
+from score_sde import datasets, sampling, sde_lib, storage
 from score_sde import logging_utils as log
 
 MASKS = ("left_half", "right_half", "top_half", "bottom_half", "center", "random")
@@ -38,26 +39,28 @@ def _to_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32)
 
 
-def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
+def _read_npz(path) -> np.ndarray:
+    try:
+        arrays = storage.load_npz(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise storage.UnreadableFileError(f"{path} is not a readable .npz file ({e})") from e
+    keys = [k for k in ("images", "samples", "image") if k in arrays] or list(arrays)
+    if len(keys) != 1 and keys[0] not in ("images", "samples", "image"):
+        raise ValueError(f"{path} holds {list(arrays)}; name the array 'images'")
+    return arrays[keys[0]]
 
-    return np.asarray(Image.open(path))
 
-
-def _read_array(path: Path) -> np.ndarray:
+def _read_array(path) -> np.ndarray:
+    """Images from an .npz, a PNG/JPEG file or a folder of them (local or gs://)."""
     if path.suffix == ".npz":
-        with np.load(path) as f:
-            keys = [k for k in ("images", "samples", "image") if k in f] or list(f.keys())
-            if len(keys) != 1 and keys[0] not in ("images", "samples", "image"):
-                raise ValueError(f"{path} holds {list(f.keys())}; name the array 'images'")
-            return f[keys[0]]
+        return _read_npz(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise FileNotFoundError(f"no PNG/JPEG images in the folder {path}")
-        return np.stack([_read_png(p) for p in files])
+        return np.stack([storage.read_image(p) for p in files])
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return _read_png(path)[None]
+        return storage.read_image(path)[None]
     raise ValueError(f"input {path}: use a PNG/JPEG file, a folder of them, or an .npz")
 
 
@@ -83,7 +86,7 @@ def load_images(config, path: str | None = None, n: int = 16) -> tuple[np.ndarra
         batch = datasets.get_dataset(config, "test", batch_size=n, shuffle=False).batch(0)
         labels = batch.get("label", np.full(n, -1))
         return batch["image"], np.asarray(labels, np.int32)
-    p = Path(path)
+    p = storage.path(path)
     if not p.exists():
         raise FileNotFoundError(f"input {path} does not exist")
     images = _fit_channels(_to_float(_read_array(p)), d.num_channels, f"input {path}")
@@ -116,9 +119,9 @@ def make_mask(kind: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 def load_mask(mask: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     """A mask file (PNG/npz; nonzero = known) or a named pattern, as (N, H, W, 1) in {0, 1}."""
-    if mask in MASKS or not Path(mask).exists():
+    if mask in MASKS or not storage.path(mask).exists():
         return make_mask(mask, shape, seed)
-    m = _fit_channels(_to_float(_read_array(Path(mask))), 1, f"mask {mask}")
+    m = _fit_channels(_to_float(_read_array(storage.path(mask))), 1, f"mask {mask}")
     m = (m > 0.5).astype(np.float32)
     if m.shape[1:3] != tuple(shape[1:3]):
         raise ValueError(f"mask {mask} is {m.shape[1:3]}, the images {tuple(shape[1:3])}")
@@ -177,15 +180,14 @@ def _merge_options(config) -> tuple[str, dict]:
 
 def _write(workdir, folder: str, name: str, columns: list[np.ndarray], **arrays) -> Path:
     """A PNG grid with one row per input: columns side by side; plus an .npz of the arrays."""
-    out = Path(workdir) / folder
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.path(workdir) / folder
     c = max(col.shape[-1] for col in columns)
     cols = [np.broadcast_to(col, col.shape[:3] + (c,)) for col in columns]
     images = np.stack(cols, axis=1).reshape((-1,) + cols[0].shape[1:])
     grid = log.image_grid(np.clip(images, 0.0, 1.0), nrow=len(cols))
     path = log.save_image_grid(out / f"{name}.png", grid[None].astype(np.float32) / 255.0,
                                scale=max(1, 512 // max(grid.shape[:2])))
-    np.savez_compressed(out / f"{name}.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+    storage.save_npz(out / f"{name}.npz", **{k: np.asarray(v) for k, v in arrays.items()})
     return path
 
 
@@ -300,7 +302,7 @@ def train_classifier(config, workdir: str | Path) -> object:
     step_fn = jax.jit(classifier_training.get_classifier_step_fn(
         config, sde, model, optimizer, eps=float(get("eps", 1e-5))))
     scaler = datasets.get_data_scaler(config)
-    ckpts = checkpoints.Checkpoints(Path(workdir) / "classifier", async_save=False)
+    ckpts = checkpoints.Checkpoints(storage.path(workdir) / "classifier", async_save=False)
     state = jax.jit(lambda r: classifier_training.init_classifier_state(r, config, optimizer))(
         jax.random.PRNGKey(int(config.seed) + 7))
     state, resumed = ckpts.restore_latest(state)
@@ -331,12 +333,13 @@ def load_classifier_fn(config, workdir: str | Path, sde: sde_lib.SDE):
 
     target = jax.eval_shape(lambda r: classifier_training.init_classifier_state(r, config),
                             jax.random.PRNGKey(0))
-    ckpts = checkpoints.Checkpoints(Path(workdir) / "classifier", async_save=False)
+    folder = storage.path(workdir) / "classifier"
+    ckpts = checkpoints.Checkpoints(folder, async_save=False)
     try:
         state, found = ckpts.restore_latest(checkpoints.abstract_like(target))
     finally:
         ckpts.close()
     if found is None:
-        raise FileNotFoundError(f"no classifier checkpoint in {Path(workdir) / 'classifier'}; "
+        raise FileNotFoundError(f"no classifier checkpoint in {folder}; "
                                 "run --mode train_classifier first")
     return cls_models.get_classifier_fn(sde, cls_models.get_classifier(config), state.ema_params)

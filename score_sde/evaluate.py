@@ -12,24 +12,23 @@ workdir/<eval_folder>/step_<step>/ and a file that exists is not computed again.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from etils.epath import Path  # local or gs:// paths alike
 
-from score_sde import checkpoints, datasets, losses, parallel, sde_lib
+from score_sde import checkpoints, datasets, losses, parallel, sde_lib, storage
 from score_sde import logging_utils as log
+from score_sde.registry import Registry
 from score_sde.train import Sampler
 
 # hook(config, sample_dir: Path, step: int) -> {name: value}; run after sampling a checkpoint.
 EvalHook = Callable[[Any, Path, int], dict[str, float]]
-EVAL_HOOKS: dict[str, EvalHook] = {}
+EVAL_HOOKS: Registry[EvalHook] = Registry("eval hook")
 
 
 def register_eval_hook(name: str) -> Callable[[EvalHook], EvalHook]:
@@ -47,7 +46,7 @@ class Restorer:
     def __init__(self, config, workdir: str | Path):
         from score_sde import models
 
-        self.config, self.workdir = config, Path(workdir)
+        self.config, self.workdir = config, storage.path(workdir)
         self.mesh = parallel.make_mesh()
         self.sde, self.eps = sde_lib.get_sde(config)
         self.model = models.get_model(config)
@@ -100,16 +99,11 @@ class Restorer:
 
 def _write_json(path: Path, values: dict) -> None:
     if log.is_main():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(values, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        storage.write_json(path, values)
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    storage.save_npz(path, **arrays)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -257,7 +251,7 @@ def evaluate(config, workdir: str | Path, eval_folder: str = "eval") -> dict[int
 
 def _cached_json(path: Path, compute: Callable[[], dict]) -> dict:
     if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
+        return storage.read_json(path)
     values = compute()
     _write_json(path, values)
     return values
@@ -273,7 +267,7 @@ def _bpd(r: Restorer, state, out: Path) -> float:
             if log.is_main():
                 _save_npz(path, bpd=bpd)
         else:
-            bpd = np.load(path)["bpd"]
+            bpd = storage.load_npz(path)["bpd"]
         values.append(bpd)
     return float(np.mean(np.concatenate(values)))
 

@@ -25,6 +25,8 @@ import jax
 import numpy as np
 from etils import epath
 
+from score_sde import storage
+
 METRICS_FILE = "metrics.jsonl"
 PROGRESS_EVERY_SECS = float(os.environ.get("SCORE_SDE_PROGRESS_SECS", 60))
 
@@ -185,9 +187,8 @@ class MetricWriter:
         for k, v in values.items():
             self._tb.add_scalar(k, v, step)
         path = self.workdir / METRICS_FILE
-        try:
-            with path.open("a") as f:
-                f.write(json.dumps({"step": int(step), **values}) + "\n")
+        try:  # gs:// objects cannot be appended to: storage rewrites them whole
+            storage.append_text(path, json.dumps({"step": int(step), **values}) + "\n")
         except OSError as e:  # a full disk: name the file
             raise _naming(e, path) from e
         if self.console:
@@ -264,12 +265,10 @@ def save_image_grid(path: str | os.PathLike, images: np.ndarray,
 
 
 def _write_atomically(path: epath.Path, data: bytes) -> Path | epath.Path:
-    """Write through a temporary name and rename, so a reader never sees half a file.
-    Returns a pathlib.Path for a local file (what callers stat and compare), else the URI."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """Write a whole file so a reader never sees half of it (local: temporary name + rename;
+    gs://: one upload). Returns a pathlib.Path for a local file (what callers stat and
+    compare), else the URI."""
+    storage.write_bytes(path, data)
     return path if "://" in str(path) else Path(path)
 
 

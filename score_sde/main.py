@@ -34,6 +34,8 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
+from score_sde.registry import Registry
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
@@ -66,7 +68,7 @@ flags.DEFINE_string("split", "train", "Dataset split of --mode fid_stats.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 Mode = Callable[[object, str], object]
-MODES: dict[str, Mode] = {}
+MODES: Registry[Mode] = Registry("mode", field="--mode")
 
 # Errors about the user's input or the environment that read as one message: OSError covers
 # missing files, permissions, full disks, checkpoints.CheckpointError, datasets'

@@ -9,7 +9,6 @@ flax) and checks them against the network that `config` builds.
 
 from __future__ import annotations
 
-import os
 import re
 
 import jax
@@ -17,29 +16,31 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from score_sde import storage
 from score_sde.models import get_model, input_shape
 
 _MAX_LISTED = 5
 
 
 def _checkpoint_file(path: str) -> str:
-    """`path` itself, or the highest-numbered `checkpoint_<n>` file in directory `path`."""
-    if not os.path.isdir(path):
-        if not os.path.exists(path):
+    """`path` itself, or the highest-numbered `checkpoint_<n>` file in directory `path`
+    (local or gs://)."""
+    p = storage.path(path)
+    if not p.is_dir():
+        if not p.exists():
             raise FileNotFoundError(f"no published checkpoint at {path!r}")
-        return path
-    numbered = [(int(m.group(1)), name) for name in os.listdir(path)
-                if (m := re.fullmatch(r"checkpoint_(\d+)", name))]
+        return str(path)
+    numbered = [(int(m.group(1)), q.name) for q in p.iterdir()
+                if (m := re.fullmatch(r"checkpoint_(\d+)", q.name))]
     if not numbered:
         raise FileNotFoundError(f"no checkpoint_<n> file in directory {path!r}")
-    return os.path.join(path, max(numbered)[1])
+    return str(p / max(numbered)[1])
 
 
 def load_published_state(path: str) -> dict:
     """The raw training-state dict of a published checkpoint (file, or directory of them)."""
     filename = _checkpoint_file(path)
-    with open(filename, "rb") as f:
-        data = f.read()
+    data = storage.path(filename).read_bytes()
     try:
         state = serialization.msgpack_restore(data)
     except Exception as e:  # msgpack raises several unrelated exception types

@@ -14,6 +14,8 @@ from typing import Any
 
 from etils import epath
 
+from score_sde import storage
+
 CONFIG_FILE = "config.json"
 ABSENT = "<absent>"
 
@@ -60,8 +62,5 @@ def record(config, workdir: str | os.PathLike) -> list[str]:
         print(f"The config differs from the one in {path} (old -> new):", flush=True)
         for line in changes:
             print(f"  {line}", flush=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    storage.write_text(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
     return changes

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 
 from etils import epath
 
+from score_sde import storage
+
 LEASE_FILE = "train.lease"
 DURATION_S = 120.0  # a killed run blocks its workdir for at most this long
 RENEW_S = 30.0
@@ -100,9 +102,7 @@ class WorkdirLease:
 
     def _write(self) -> None:
         self.me = Holder(**{**asdict(self.me), "expires": time.time() + self.duration_s})
-        tmp = self.path.with_name(f"{LEASE_FILE}.{self.me.id}.tmp")
-        tmp.write_text(json.dumps(asdict(self.me)))
-        tmp.replace(self.path)  # readers never see a half-written lease
+        storage.write_text(self.path, json.dumps(asdict(self.me)))  # never half-written
 
     def _refuse(self, holder: Holder) -> WorkdirBusyError:
         return WorkdirBusyError(

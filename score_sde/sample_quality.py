@@ -9,11 +9,10 @@ of config.eval.inception_weights (a file the user supplies; nothing is downloade
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+from etils.epath import Path  # local or gs:// paths alike
 
-from score_sde import datasets, evaluate
+from score_sde import datasets, evaluate, storage
 from score_sde import logging_utils as log
 from score_sde.metrics import stats
 
@@ -45,7 +44,7 @@ def fid_stats(config, workdir: str | Path, eval_folder: str = "eval",
               split: str = "train") -> Path:
     """Write the reference statistics of config.data's `split` for the sample metrics."""
     kind = _feature_kind(config)
-    out = Path(workdir) / eval_folder / f"fid_stats_{config.data.dataset}_{split}.npz"
+    out = storage.path(workdir) / eval_folder / f"fid_stats_{config.data.dataset}_{split}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
     log.say(f"Computing {kind} reference statistics of {config.data.dataset}/{split} -> {out}")
     weights = _inception_weights(config) if kind == "inception" else None
@@ -60,13 +59,13 @@ def score_samples(config, sample_dir: Path, step: int) -> dict[str, float]:
     files = evaluate.sample_files(sample_dir)
     if not files:
         return {}
-    samples = np.concatenate([np.load(f)["samples"] for f in files])
+    samples = np.concatenate([storage.load_npz(f)["samples"] for f in files])
     kind = _feature_kind(config)
     if kind == "digits":
         scores = stats.evaluate_samples(samples, None, "digits")
     else:
         ref = config.eval.get("fid_stats", "")
-        if not ref or not Path(ref).exists():
+        if not ref or not storage.path(ref).exists():
             log.say("No FID reference statistics (config.eval.fid_stats): run --mode fid_stats "
                     "and set config.eval.fid_stats to its .npz to get FID/KID/IS")
             return {}

@@ -1,6 +1,7 @@
 """Evaluation, sampling, likelihood and conversion modes on a tiny trained workdir."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -45,10 +46,10 @@ def test_eval_sample_and_likelihood_modes(trained, monkeypatch):
     assert json.loads((out / "metrics.json").read_text())["eval/loss"] == res["eval/loss"]
 
     # a restart recomputes nothing that is on disk: the files stay untouched
-    stamps = {f: f.stat().st_mtime_ns for f in [*files, out / "bpd_0.npz", out / "loss.json"]}
+    stamps = {f: os.stat(f).st_mtime_ns for f in [*files, out / "bpd_0.npz", out / "loss.json"]}
     again = evaluate.evaluate(config, workdir, "eval")
     assert again[4]["eval/loss"] == res["eval/loss"]
-    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
+    assert {f: os.stat(f).st_mtime_ns for f in stamps} == stamps
 
     # --mode sample
     path = evaluate.sample(config, workdir, "eval")

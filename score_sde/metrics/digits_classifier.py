@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from score_sde import storage
 from score_sde.metrics.frechet import feature_statistics, frechet_distance_from_stats
 
 __all__ = [
@@ -83,12 +84,12 @@ class DigitsClassifier(nn.Module):
 
 def save_digits_params(path: str | Path, params) -> None:
     """Write classifier params with flax's msgpack serialization."""
-    Path(path).write_bytes(serialization.msgpack_serialize(jax.device_get(params)))
+    storage.write_bytes(path, serialization.msgpack_serialize(jax.device_get(params)))
 
 
 def load_digits_params(path: str | Path | None = None) -> dict:
     """Load classifier params (default: the shipped `digits_classifier.msgpack`)."""
-    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    path = storage.path(path if path is not None else DEFAULT_WEIGHTS)
     if not path.exists():
         raise FileNotFoundError(
             f"digits classifier weights not found at {path}; "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from score_sde import storage
 
 __all__ = [
     "INCEPTION_SIZE",
@@ -307,12 +310,12 @@ def convert_pytorch_fid_state_dict(state_dict: Mapping[str, Any]) -> dict:
 
 def save_inception_variables(path: str | Path, variables: Mapping) -> None:
     """Write converted variables as flax msgpack (readable without torch)."""
-    Path(path).write_bytes(serialization.msgpack_serialize(jax.device_get(dict(variables))))
+    storage.write_bytes(path, serialization.msgpack_serialize(jax.device_get(dict(variables))))
 
 
 def load_inception_variables(path: str | Path) -> dict:
     """Read FID Inception variables from pytorch-fid's `.pth` (needs torch) or a `.msgpack`."""
-    path = Path(path)
+    path = storage.path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"Inception weights not found at {path}. Nothing is downloaded: supply pytorch-fid's "
@@ -326,7 +329,8 @@ def load_inception_variables(path: str | Path) -> dict:
                 f"reading {path} needs torch (pip install torch); or convert it once elsewhere "
                 "with `python -m score_sde.metrics.inception IN.pth OUT.msgpack`"
             ) from e
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu",
+                                weights_only=True)
         return convert_pytorch_fid_state_dict(state_dict)
     if path.suffix == ".msgpack":
         variables = serialization.msgpack_restore(path.read_bytes())

@@ -18,27 +18,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.registry import Registry
+
 Array = jax.Array
 Dtype = Any  # a jnp dtype, or None for "as the inputs and (float32) parameters"
 ModuleT = TypeVar("ModuleT", bound=type[nn.Module])
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "elu": nn.elu,
-    "relu": nn.relu,
-    "lrelu": functools.partial(nn.leaky_relu, negative_slope=0.2),
-    "swish": nn.swish,
-}
+ACTIVATIONS: Registry[Callable[[Array], Array]] = Registry(
+    "activation", field="config.model.nonlinearity", entries={
+        "elu": nn.elu,
+        "relu": nn.relu,
+        "lrelu": functools.partial(nn.leaky_relu, negative_slope=0.2),
+        "swish": nn.swish,
+    })
 
 
 def get_act(config) -> Callable[[Array], Array]:
     """The activation named by `config.model.nonlinearity`."""
-    name = str(config.model.nonlinearity).lower()
-    if name not in ACTIVATIONS:
-        raise ValueError(f"config.model.nonlinearity={config.model.nonlinearity!r} is not known; "
-                         f"choose one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+    return ACTIVATIONS.lookup(str(config.model.nonlinearity).lower())
 
 
 def get_dtype(config) -> Dtype:

@@ -9,32 +9,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_MODELS: dict[str, type[nn.Module]] = {}
+from score_sde.registry import Registry
+
+_MODELS: Registry[type[nn.Module]] = Registry("model", field="config.model.name")
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make a module buildable as `config.model.name == name`."""
-
-    def register(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"a model named {name!r} is already registered")
-        _MODELS[name] = cls
-        return cls
-
-    return register
+    return _MODELS.register(name)
 
 
 def list_models() -> list[str]:
     """Names accepted by `config.model.name`."""
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def _model_class(config) -> type[nn.Module]:
-    name = config.model.name
-    if name not in _MODELS:
-        raise ValueError(f"config.model.name={name!r} is not a known model; "
-                         f"choose one of {list_models()}")
-    return _MODELS[name]
+    return _MODELS.lookup(config.model.name)
 
 
 def get_model(config) -> nn.Module:

@@ -7,83 +7,69 @@ score calls. The fixed-step ones also take `sample(rng, score_fn, project)`, a h
 (inpainting and colorization merge their observation with it: score_sde.controllable).
 Methods: 'pc' (predictor-corrector), 'ode' (probability flow, diffrax), 'ddim', 'heun' (EDM),
 'dpm_solver++'. Pass `sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the
-batch out over devices.
+batch out over devices. A new sampler is one function decorated with
+`@register_sampler(name, merges=...)`: its keyword options become config.sampling fields
+(score_sde.sampling.registry).
 """
 
 from __future__ import annotations
-
-import inspect
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+# The sampler modules register their samplers when imported (register_sampler).
+from score_sde.sampling import fast, ode, pc  # noqa: F401
 from score_sde.sampling.correctors import register_corrector
-from score_sde.sampling.fast import ddim_sampler, dpm_solver_pp_sampler, heun_sampler
 from score_sde.sampling.grids import get_time_grid, register_grid
-from score_sde.sampling.ode import ode_sampler
-from score_sde.sampling.pc import pc_sampler
 from score_sde.sampling.predictors import register_predictor
-from score_sde.sde_lib import SDE, ScoreFn
+from score_sde.sampling.registry import (
+    MERGE_SAMPLERS,
+    SAMPLERS,
+    Sampler,
+    SamplerSpec,
+    get_sampler,
+    register_sampler,
+)
+from score_sde.sde_lib import SDE
 
-Sampler = Callable[[jax.Array, ScoreFn], tuple[jax.Array, jax.Array]]
+__all__ = ["MERGE_SAMPLERS", "NEW_CONFIG_FIELDS", "SAMPLERS", "Sampler", "SamplerSpec",
+           "add_config_fields", "class_labels_from_config", "get_sampler",
+           "get_sampler_from_config", "get_time_grid", "new_config_fields", "register_corrector",
+           "register_grid", "register_predictor", "register_sampler",
+           "sampler_options_from_config"]
 
-SAMPLERS: dict[str, Callable[..., Sampler]] = {
-    "pc": pc_sampler,
-    "ode": ode_sampler,
-    "ddim": ddim_sampler,
-    "heun": heun_sampler,
-    "dpm_solver++": dpm_solver_pp_sampler,
-}
-
-__all__ = ["SAMPLERS", "add_config_fields", "get_sampler", "get_sampler_from_config",
-           "get_time_grid", "register_corrector", "register_grid", "register_predictor",
-           "sampler_options_from_config", "class_labels_from_config"]
-
-
-def get_sampler(name: str, sde: SDE, shape: tuple[int, ...], **options) -> Sampler:
-    """The sampler `name` for batches of `shape` (batch first); options are its keywords."""
-    if name not in SAMPLERS:
-        raise ValueError(f"sampler {name!r} is unknown; choose one of {sorted(SAMPLERS)}")
-    factory = SAMPLERS[name]
-    allowed = [p for p in inspect.signature(factory).parameters if p not in ("sde", "shape")]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"sampler {name!r} has no option(s) {unknown}; its options: {allowed}")
-    return factory(sde, tuple(shape), **options)
+# config.sampling fields of the published score_sde configs (set by every shipped config).
+PUBLISHED_FIELDS = ("method", "predictor", "corrector", "snr", "n_steps_each", "noise_removal",
+                    "probability_flow")
+# Fields read by the drivers rather than by a sampler.
+DRIVER_FIELDS = {"guidance_scale": float, "class_labels": tuple}
 
 
-# Config fields read per method: (sampler option, config.sampling field). A field that is
-# absent or None leaves the sampler's own default.
-_CONFIG_FIELDS = {
-    "pc": [("predictor", "predictor"), ("corrector", "corrector"), ("snr", "snr"),
-           ("n_steps_each", "n_steps_each"), ("probability_flow", "probability_flow"),
-           ("noise_removal", "noise_removal"), ("n_steps", "n_steps"), ("grid", "grid"),
-           ("sigma_range", "sigma_range")],
-    "ode": [("solver", "ode_solver"), ("rtol", "rtol"), ("atol", "atol"),
-            ("noise_removal", "noise_removal"), ("nfe", "nfe")],
-    "ddim": [("nfe", "nfe"), ("eta", "eta"), ("grid", "grid"), ("sigma_range", "sigma_range")],
-    "heun": [("nfe", "nfe"), ("grid", "grid"), ("sigma_range", "sigma_range"),
-             ("S_churn", "S_churn"), ("S_tmin", "S_tmin"), ("S_tmax", "S_tmax"),
-             ("S_noise", "S_noise")],
-    "dpm_solver++": [("nfe", "nfe"), ("grid", "grid"), ("sigma_range", "sigma_range"),
-                     ("order", "order")],
-}
+def new_config_fields() -> dict[str, type]:
+    """config.sampling fields beyond the published ones, with their types.
+
+    Every registered sampler's config fields (its keyword options, see register_sampler) plus
+    the drivers' guidance_scale and class_labels. `add_config_fields` declares them unset (None:
+    the sampler's own default) so that the command line can set them, e.g.
+    --config.sampling.nfe=20.
+    """
+    fields: dict[str, type] = {}
+    for name, spec in SAMPLERS.items():
+        for field, kind in spec.field_types.items():
+            if fields.setdefault(field, kind) is not kind:
+                raise ValueError(f"config.sampling.{field} holds a {fields[field].__name__} for "
+                                 f"one sampler and a {kind.__name__} for {name!r}: rename one")
+    return {f: k for f, k in {**fields, **DRIVER_FIELDS}.items() if f not in PUBLISHED_FIELDS}
 
 
-# config.sampling fields beyond the published ones, with their types. `add_config_fields`
-# declares them unset (None: the sampler's own default) so that the command line can set them,
-# e.g. --config.sampling.nfe=20.
-NEW_CONFIG_FIELDS = {"nfe": int, "grid": str, "eta": float, "ode_solver": str, "rtol": float,
-                     "atol": float, "n_steps": int, "S_churn": float, "S_tmin": float,
-                     "S_tmax": float, "S_noise": float, "order": int,
-                     "sigma_range": tuple, "guidance_scale": float, "class_labels": tuple}
+# The fields of the built-in samplers (add_config_fields also declares later registrations').
+NEW_CONFIG_FIELDS = new_config_fields()
 
 
 def add_config_fields(sampling: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Declare NEW_CONFIG_FIELDS on a config's sampling section (those it does not set)."""
-    for name, kind in NEW_CONFIG_FIELDS.items():
+    """Declare `new_config_fields()` on a config's sampling section (those it does not set)."""
+    for name, kind in new_config_fields().items():
         if name not in sampling:
             sampling[name] = ml_collections.config_dict.placeholder(kind)
     return sampling
@@ -92,17 +78,15 @@ def add_config_fields(sampling: ml_collections.ConfigDict) -> ml_collections.Con
 def sampler_options_from_config(config, method: str | None = None) -> tuple[str, dict]:
     """(method, options) of config.sampling (method: config.sampling.method unless given).
 
-    Published fields: method, predictor, corrector, snr, n_steps_each, noise_removal,
-    probability_flow. New ones (NEW_CONFIG_FIELDS): nfe, grid, eta, ode_solver, rtol, atol,
-    n_steps, S_churn, S_tmin, S_tmax, S_noise, order, sigma_range. Absent or None: the
+    Each option of the sampler is read from its config field (register_sampler): the published
+    method, predictor, corrector, snr, n_steps_each, noise_removal, probability_flow and the
+    new ones (NEW_CONFIG_FIELDS: nfe, grid, eta, ode_solver, ...). Absent or None: the
     sampler's default.
     """
     method = str(method or config.sampling.method).lower()
-    if method not in _CONFIG_FIELDS:
-        raise ValueError(f"config.sampling.method={method!r} is not a known "
-                         f"sampler; choose one of {sorted(_CONFIG_FIELDS)}")
+    spec = SAMPLERS.lookup(method, field="config.sampling.method")
     s = config.sampling
-    options = {opt: s.get(field) for opt, field in _CONFIG_FIELDS[method]}
+    options = {opt: s.get(field) for opt, field in spec.config_fields.items()}
     options = {k: v for k, v in options.items() if v is not None}
     for name in ("predictor", "corrector"):  # the published configs spell them in any case
         if name in options:

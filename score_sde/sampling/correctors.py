@@ -14,6 +14,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from score_sde.registry import Registry
 from score_sde.sampling.common import transition
 from score_sde.sde_lib import SDE, ScoreFn, batch_mul
 
@@ -28,22 +29,16 @@ class Corrector:
     nfe: int
 
 
-_CORRECTORS: dict[str, Corrector] = {}
+_CORRECTORS: Registry[Corrector] = Registry("corrector", field="sampling.corrector")
 
 
 def register_corrector(name: str, nfe: int = 1):
-    def add(factory):
-        _CORRECTORS[name] = Corrector(factory, nfe)
-        return factory
-    return add
+    """Decorator: make a corrector factory `sampling.corrector=name`; nfe: calls per step."""
+    return _CORRECTORS.register(name, lambda factory: Corrector(factory, nfe))
 
 
 def get_corrector(name: str) -> Corrector:
-    if name not in _CORRECTORS:
-        raise ValueError(
-            f"sampling.corrector={name!r} is not a known corrector; choose one of "
-            f"{sorted(_CORRECTORS)}")
-    return _CORRECTORS[name]
+    return _CORRECTORS.lookup(name)
 
 
 def _langevin(sde: SDE, score_fn: ScoreFn, n_steps: int, step_size: StepSize) -> Update:

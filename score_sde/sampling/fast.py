@@ -26,6 +26,7 @@ from score_sde.sampling.common import (
     projection_steps,
 )
 from score_sde.sampling.grids import get_time_grid
+from score_sde.sampling.registry import register_sampler
 from score_sde.sde_lib import SDE, batch_mul
 
 
@@ -35,6 +36,7 @@ def _schedule(sde: SDE, ts: np.ndarray) -> tuple[jax.Array, jax.Array, jax.Array
     return tuple(jnp.asarray(v, jnp.float32) for v in (alpha, sigma, np.log(alpha / sigma)))
 
 
+@register_sampler("ddim", merges=True)
 def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float = 0.0,
                  grid: str = "uniform", sigma_range: tuple[float, float] | None = None,
                  eps: float = 1e-3, sharding=None):
@@ -71,6 +73,7 @@ def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float 
     return sample
 
 
+@register_sampler("heun", merges=True)
 def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str = "uniform",
                  sigma_range: tuple[float, float] | None = None, S_churn: float = 0.0,
                  S_tmin: float = 0.0, S_tmax: float = float("inf"),
@@ -135,6 +138,7 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str =
     return sample
 
 
+@register_sampler("dpm_solver++", merges=True)
 def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
                           grid: str = "quadratic",
                           sigma_range: tuple[float, float] | None = None, order: int = 2,

@@ -18,28 +18,26 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.registry import Registry
 from score_sde.sde_lib import SDE
 
 GridFn = Callable[[SDE, int, float, float], np.ndarray]  # (sde, n, t_start, t_end)
-_GRIDS: dict[str, GridFn] = {}
+_GRIDS: Registry[GridFn] = Registry("time grid", field="grid")
 
 
 def register_grid(name: str) -> Callable[[GridFn], GridFn]:
-    def add(fn: GridFn) -> GridFn:
-        _GRIDS[name] = fn
-        return fn
-    return add
+    """Decorator: make `fn(sde, n, t_start, t_end) -> n + 1 times` the grid `name`."""
+    return _GRIDS.register(name)
 
 
 def grid_names() -> list[str]:
-    return sorted(_GRIDS)
+    return _GRIDS.names()
 
 
 def get_time_grid(name: str, sde: SDE, n_steps: int, eps: float,
                   sigma_range: tuple[float, float] | None = None) -> np.ndarray:
     """n_steps + 1 decreasing times from sde.T to eps (float32 numpy), see sigma_range above."""
-    if name not in _GRIDS:
-        raise ValueError(f"grid={name!r} is not a known time grid; choose one of {grid_names()}")
+    grid_fn = _GRIDS.lookup(name)
     if n_steps < 1:
         raise ValueError(f"a time grid needs n_steps >= 1, got {n_steps}")
     t_start, t_end = sde.T, eps
@@ -50,7 +48,7 @@ def get_time_grid(name: str, sde: SDE, n_steps: int, eps: float,
     if n_inner < 1:
         raise ValueError(f"sigma_range={tuple(sigma_range)} leaves {n_inner} of {n_steps} steps "
                          "inside the range; give more steps or a range that covers an end")
-    inner = np.asarray(_GRIDS[name](sde, n_inner, t_start, t_end), np.float64)
+    inner = np.asarray(grid_fn(sde, n_inner, t_start, t_end), np.float64)
     inner[0], inner[-1] = t_start, t_end
     return np.concatenate([head, inner, tail]).astype(np.float32)
 

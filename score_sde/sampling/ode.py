@@ -7,7 +7,9 @@ import dataclasses
 import diffrax
 import jax.numpy as jnp
 
+from score_sde.registry import Registry
 from score_sde.sampling.common import data_prediction, full_t, prior_sample
+from score_sde.sampling.registry import register_sampler
 from score_sde.sde_lib import SDE, ScoreFn
 
 
@@ -23,21 +25,18 @@ class OdeSolver:
 
 # Counts measured with a host-callback counter (tests/test_sampling.py checks them): the FSAL
 # Runge-Kutta pairs reuse the last stage, plus one evaluation at the start.
-ODE_SOLVERS = {
+ODE_SOLVERS: Registry[OdeSolver] = Registry("ODE solver", field="solver", entries={
     "tsit5": OdeSolver(diffrax.Tsit5, per_step=6, first=1),
     "dopri5": OdeSolver(diffrax.Dopri5, per_step=6, first=1),
     "dopri8": OdeSolver(diffrax.Dopri8, per_step=13, first=1),
     "bosh3": OdeSolver(diffrax.Bosh3, per_step=3, first=1),
     "heun": OdeSolver(diffrax.Heun, per_step=2, first=0),
     "euler": OdeSolver(diffrax.Euler, per_step=1, first=0, adaptive=False),
-}
+})
 
 
 def get_ode_solver(name: str) -> OdeSolver:
-    if name not in ODE_SOLVERS:
-        raise ValueError(f"solver={name!r} is not a known ODE solver; choose one of "
-                         f"{sorted(ODE_SOLVERS)}")
-    return ODE_SOLVERS[name]
+    return ODE_SOLVERS.lookup(name)
 
 
 def solve_flow(sde: SDE, score_fn: ScoreFn, x, t0: float, t1: float, *, solver: str = "tsit5",
@@ -65,6 +64,7 @@ def solve_flow(sde: SDE, score_fn: ScoreFn, x, t0: float, t1: float, *, solver: 
     return jnp.where(ok, sol.ys[-1], jnp.nan), jnp.asarray(nfe, jnp.int32)
 
 
+@register_sampler("ode", merges=False, fields={"solver": "ode_solver"})
 def ode_sampler(sde: SDE, shape: tuple[int, ...], *, solver: str = "tsit5", rtol: float = 1e-5,
                 atol: float = 1e-5, nfe: int | None = None, eps: float = 1e-3,
                 noise_removal: bool = False, max_steps: int = 16384, sharding=None):

@@ -9,9 +9,13 @@ from score_sde.sampling.common import Project, full_t, prior_sample, projection_
 from score_sde.sampling.correctors import get_corrector
 from score_sde.sampling.grids import get_time_grid
 from score_sde.sampling.predictors import get_predictor
+from score_sde.sampling.registry import register_sampler
 from score_sde.sde_lib import SDE
 
 
+# The published PC sampler takes its steps from the SDE's N (config.model.num_scales) or
+# sampling.n_steps; the shared sampling.nfe budget of the few-step samplers is not read.
+@register_sampler("pc", merges=True, fields={"nfe": None})
 def pc_sampler(sde: SDE, shape: tuple[int, ...], *, predictor: str = "euler_maruyama",
                corrector: str = "none", snr: float = 0.16, n_steps_each: int = 1,
                probability_flow: bool = False, noise_removal: bool = True,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from score_sde.registry import Registry
 from score_sde.sampling.common import transition
 from score_sde.sde_lib import SDE, VPSDE, ScoreFn, batch_mul
 
@@ -27,22 +28,16 @@ class Predictor:
     nfe: int
 
 
-_PREDICTORS: dict[str, Predictor] = {}
+_PREDICTORS: Registry[Predictor] = Registry("predictor", field="sampling.predictor")
 
 
 def register_predictor(name: str, nfe: int = 1):
-    def add(factory):
-        _PREDICTORS[name] = Predictor(factory, nfe)
-        return factory
-    return add
+    """Decorator: make a predictor factory `sampling.predictor=name`; nfe: score calls per step."""
+    return _PREDICTORS.register(name, lambda factory: Predictor(factory, nfe))
 
 
 def get_predictor(name: str) -> Predictor:
-    if name not in _PREDICTORS:
-        raise ValueError(
-            f"sampling.predictor={name!r} is not a known predictor; choose one of "
-            f"{sorted(_PREDICTORS)}")
-    return _PREDICTORS[name]
+    return _PREDICTORS.lookup(name)
 
 
 def _noise(rng: Array, x: Array) -> Array:
