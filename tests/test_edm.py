@@ -171,3 +171,31 @@ def test_ode_likelihood_on_edm_sde():
     want = tl.DATA.perturbed_log_prob(SDE, x, t_eps)
     assert int(nfe) > 0
     assert np.max(np.abs(got - want)) / tl.D < 1e-3
+
+
+def test_parameterization_per_sde_and_errors():
+    """The published convention of each SDE; EDM only where it is defined."""
+    get = param_lib.get_parameterization
+    vp, ve = sde_lib.VPSDE(N=50), sde_lib.VESDE(N=50)
+    assert type(get(vp)) is param_lib.EpsilonPrediction
+    assert type(get(vp, continuous=False)) is param_lib.DDPMDiscrete
+    assert type(get(sde_lib.subVPSDE(), continuous=False)) is param_lib.EpsilonPrediction
+    assert type(get(ve)) is param_lib.ScorePrediction
+    assert type(get(ve, continuous=False)) is param_lib.SMLDDiscrete
+    assert type(get(ve, kind="edm")) is param_lib.EDM and type(get(SDE)) is param_lib.EDM
+    # Discrete training times land on the ladder: the level index is exactly the drawn one and
+    # the label is it up to float32 rounding; SMLD labels are exact indices.
+    for param in (param_lib.DDPMDiscrete(vp), param_lib.SMLDDiscrete(ve)):
+        t = param.sample_t(jax.random.PRNGKey(0), 500, 0.0)
+        labels = np.asarray(param.labels(t), np.float64)
+        np.testing.assert_allclose(labels, np.round(labels), rtol=0, atol=1e-5)
+        idx = np.round(labels).astype(int)
+        want = idx if isinstance(param, param_lib.DDPMDiscrete) else 49 - idx
+        np.testing.assert_array_equal(vp.discrete_index(t), want)
+        assert len(set(idx.tolist())) == 50  # every level is drawn
+    with pytest.raises(ValueError, match="alpha"):
+        get(vp, kind="edm")
+    with pytest.raises(ValueError, match="continuous"):
+        get(SDE, continuous=False)
+    with pytest.raises(ValueError, match="parameterization"):
+        get(vp, kind="v")

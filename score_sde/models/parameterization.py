@@ -117,7 +117,7 @@ class EpsilonPrediction(Parameterization):
 @dataclasses.dataclass(frozen=True)
 class DDPMDiscrete(EpsilonPrediction):
     """VP, discrete (DDPM): labels (N - 1) t, levels from the alpha_bar table at the index t
-    falls on (the same tolerant truncation as `sde.discretize`), t on the grid i / (N - 1)."""
+    falls on (the same tolerant truncation as `sde.discretize`), training t on i / (N - 1)."""
 
     def labels(self, t):
         return t * (self.sde.N - 1)
@@ -129,7 +129,10 @@ class DDPMDiscrete(EpsilonPrediction):
                 jnp.asarray(np.sqrt(1.0 - abar), jnp.float32)[idx])
 
     def sample_t(self, rng, n, eps):
-        return _grid_t(jax.random.randint(rng, (n,), 0, self.sde.N), self.sde.N)
+        """t = i / (N - 1), i uniform: the level index is exactly i, the label (N - 1) t is i
+        up to float32 rounding (1 ulp)."""
+        idx = jax.random.randint(rng, (n,), 0, self.sde.N)
+        return idx.astype(jnp.float32) / (self.sde.N - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,15 +165,6 @@ class SMLDDiscrete(ScorePrediction):
     def sample_t(self, rng, n, eps):
         label = jax.random.randint(rng, (n,), 0, self.sde.N)
         return self.sde.T - label.astype(jnp.float32) / (self.sde.N - 1)
-
-
-def _grid_t(idx: Array, n: int) -> Array:
-    """float32 t = i / (n - 1) nudged by an ulp where needed so that t (n - 1) == i exactly."""
-    d = jnp.float32(n - 1)
-    i = idx.astype(jnp.float32)
-    t = i / d
-    t = jnp.where(t * d < i, jnp.nextafter(t, jnp.float32(np.inf)), t)
-    return jnp.where(t * d > i, jnp.nextafter(t, jnp.float32(-np.inf)), t)
 
 
 @dataclasses.dataclass(frozen=True)
