@@ -28,8 +28,7 @@ def get_config():
     training.P_std = 1.2
 
     sampling = config.sampling
-    sampling.method = 'heun'
-    sampling.nfe = 35
+    sampling.method = 'heun'  # nfe 35 by default; not set here, the adaptive ODE reads nfe too
     sampling.grid = 'karras'
 
     data = config.data
