@@ -54,8 +54,11 @@ def _absolute(path: str | os.PathLike) -> epath.Path:
 
 
 def abstract_like(state: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
-    """Shapes/dtypes (and target sharding) of a state, the restore target."""
+    """Shapes/dtypes (and target sharding) of a state, the restore target. Leaves that are
+    `ocp.PLACEHOLDER` stay so: orbax skips reading them (a partial restore)."""
     def leaf(x):
+        if x is ocp.PLACEHOLDER:
+            return x
         s = sharding if sharding is not None else getattr(x, "sharding", None)
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
 
