@@ -23,6 +23,7 @@ from etils.epath import Path
 from score_sde import controllable as C
 from score_sde import datasets, inference, sampling, storage
 from score_sde import logging_utils as log
+from score_sde.inference import load_classifier_fn  # noqa: F401  (its former home)
 
 MASKS = ("left_half", "right_half", "top_half", "bottom_half", "center", "random")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

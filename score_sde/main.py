@@ -96,7 +96,7 @@ def _train(config, workdir):
 
 @register_mode("eval")
 def _eval(config, workdir):
-    from score_sde import evaluate, sample_quality  # noqa: F401  (registers its eval hook)
+    from score_sde import evaluate, sample_quality  # noqa: F401  (registers the metrics hook)
 
     return evaluate.evaluate(config, workdir, FLAGS.eval_folder)
 

@@ -94,3 +94,16 @@ def test_library_imports_no_driver_nor_main():
         bad = imported_modules(source) & (DRIVERS | {ENTRY_POINT})
         assert not bad, f"the library module {name} imports {sorted(bad)}"
     assert "inference" in _modules()  # the floor under the drivers is checked too
+
+
+def test_eval_mode_finds_the_sample_quality_hook_through_the_library():
+    """main's eval mode imports sample_quality, whose hook lands in the library's registry,
+    the one evaluate runs: neither driver imports the other."""
+    main_source = _modules()[ENTRY_POINT]
+    eval_mode = next(n for n in ast.walk(ast.parse(main_source))
+                     if isinstance(n, ast.FunctionDef) and n.name == "_eval")
+    assert {"evaluate", "sample_quality"} <= imported_modules(ast.unparse(eval_mode))
+    from score_sde import eval_hooks, evaluate, sample_quality
+
+    assert evaluate.EVAL_HOOKS is eval_hooks.EVAL_HOOKS
+    assert eval_hooks.EVAL_HOOKS["sample_quality"] is sample_quality.score_samples
