@@ -41,8 +41,9 @@ class Restorer:
     """Model, SDE and mesh of a config, and its checkpoints in a workdir.
 
     `restore()` returns a `losses.TrainState` whose `params` and `opt_state` are None: only
-    `ema_params`, `step` and `rng` are read from the checkpoint (about a quarter of the bytes of an Adam
-    run), into a target built with `jax.eval_shape`, so nothing of the optimizer is allocated.
+    `ema_params`, `step` and `rng` are read from the checkpoint (about a quarter of the bytes
+    of an Adam run), into a target built with `jax.eval_shape`, so nothing of the optimizer is
+    allocated.
     Checkpoints of every kind written by training load this way.
     """
 
