@@ -54,12 +54,30 @@ def _absolute(path: str | os.PathLike) -> epath.Path:
 
 
 def abstract_like(state: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
-    """Shapes/dtypes (and target sharding) of a state, the restore target."""
+    """Shapes/dtypes (and target sharding) of a state, the restore target. Leaves that are
+    `ocp.PLACEHOLDER` stay so: orbax skips reading them (a partial restore)."""
     def leaf(x):
+        if x is ocp.PLACEHOLDER:
+            return x
         s = sharding if sharding is not None else getattr(x, "sharding", None)
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
 
     return jax.tree.map(leaf, state)
+
+
+def _has_placeholders(tree: Any) -> bool:
+    return any(x is ocp.PLACEHOLDER for x in jax.tree.leaves(tree))
+
+
+def _restore_partial(item_dir: epath.Path, abstract: Any) -> Any:
+    """The leaves of `abstract` that are not placeholders, read from one checkpoint item.
+
+    A checkpointer of its own: the managers' handler for the item is the standard one (which
+    takes no placeholders), and one manager cannot restore an item with two kinds of handler.
+    """
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+        return reader.restore(item_dir, args=ocp.args.PyTreeRestore(
+            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))
 
 
 def is_complete(step_dir: str | os.PathLike) -> bool:
@@ -230,8 +248,11 @@ class Checkpoints:
             self._skip(step_dir, "incomplete", " (missing metadata)", announce)
             return None
         try:
+            abstract = abstract_like(target)
+            if _has_placeholders(abstract):  # e.g. the EMA weights alone (inference)
+                return _restore_partial(step_dir / ITEM, abstract)
             restored = self._managers[kind].restore(step, args=ocp.args.Composite(
-                **{ITEM: ocp.args.StandardRestore(abstract_like(target))}))
+                **{ITEM: ocp.args.StandardRestore(abstract)}))
         except Exception as e:  # noqa: BLE001  (corrupt data files, wrong structure, ...)
             self._skip(step_dir, "unreadable", f": {_read_error_text(e)}", announce)
             self.last_read_error = _read_error_text(e)

@@ -3,7 +3,6 @@
   inpaint           fill the unknown pixels of input images (mask: file or a named pattern)
   colorize          colour grey input images (needs num_channels >= 2)
   edit              SDEdit: perturb input images to t0 and solve back (denoise / enhance / edit)
-  train_classifier  train the noise-conditional classifier of config.classifier
 
 Inputs are a PNG file, a folder of PNGs, or an .npz (key 'images', 'samples' or its only array;
 uint8 or floats in [0, 1], NHWC or NHW); without one, the first n images of the test split.
@@ -22,8 +21,9 @@ import numpy as np
 from etils.epath import Path
 
 from score_sde import controllable as C
-from score_sde import datasets, sampling, sde_lib, storage
+from score_sde import datasets, inference, sampling, storage
 from score_sde import logging_utils as log
+from score_sde.inference import load_classifier_fn  # noqa: F401  (its former home)
 
 MASKS = ("left_half", "right_half", "top_half", "bottom_half", "center", "random")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -132,30 +132,20 @@ def load_mask(mask: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 
 class _Model:
-    """The restored EMA score network of a workdir as a (labelled) score function."""
+    """The restored EMA score network of a workdir (see inference.Restorer)."""
 
     def __init__(self, config, workdir: str | Path):
-        from score_sde.evaluate import Restorer
-
-        r = Restorer(config, workdir)
+        r = inference.Restorer(config, workdir)
         try:
             state, self.step = r.restore(r.chosen_step())
         finally:
             r.close()
-        self.config, self.sde, self.eps = config, r.sde, r.eps
+        self.config, self.sde, self.eps, self.model = config, r.sde, r.eps, r.model
         self.params = jax.device_get(state.ema_params)
-        self.num_classes = int(config.model.get("num_classes", 0) or 0)
-        self.model = r.model
 
     def score_fn(self, params, labels: jax.Array | None, w: float):
         """Unconditional (labels None: the null label), conditional, or CFG with weight w."""
-        cond = C.model_conditional_score_fn(self.sde, self.model, params,
-                                            bool(self.config.training.continuous))
-        if self.num_classes == 0:
-            return lambda x, t: cond(x, t, None)
-        if labels is None:
-            return lambda x, t: cond(x, t, jnp.full((x.shape[0],), self.num_classes))
-        return C.cfg_from_model(cond, labels, self.num_classes, w)
+        return inference.model_score_fn(self.config, self.sde, self.model, params, labels, w)
 
 
 def _merge_options(config) -> tuple[str, dict]:
@@ -201,7 +191,7 @@ def _run(config, workdir, images, build, seed: int):
     inverse = datasets.get_data_inverse_scaler(config)
     labels = sampling.class_labels_from_config(config, len(images),
                                                every_class_by_default=False)
-    w = float(config.sampling.get("guidance_scale", 0.0) or 0.0)
+    w = inference.guidance_scale(config)
     fn = build(model, images.shape, scaler)
 
     @jax.jit
@@ -285,61 +275,3 @@ def edit(config, workdir: str | Path, input: str | None = None, t0: float = 0.5,
                   inputs=images, guides=guide, results=result)
     log.say(f"SDEdit grid (input | guide | result), t0={t0}: {path}")
     return path
-
-
-def train_classifier(config, workdir: str | Path) -> object:
-    """Train config.classifier on noisy data; checkpoints in workdir/classifier."""
-    from score_sde import checkpoints, classifier_training, losses
-    from score_sde.models import classifier as cls_models
-
-    ct = config.get("classifier_training", None)
-    get = (lambda k, d: ct.get(k, d)) if ct is not None else (lambda k, d: d)
-    n_iters, batch_size = int(get("n_iters", 2000)), int(get("batch_size", 64))
-    log_freq, snap = int(get("log_freq", 100)), int(get("snapshot_freq", 1000))
-    sde, _ = sde_lib.get_sde(config)
-    model = cls_models.get_classifier(config)
-    optimizer = losses.get_optimizer(config)
-    step_fn = jax.jit(classifier_training.get_classifier_step_fn(
-        config, sde, model, optimizer, eps=float(get("eps", 1e-5))))
-    scaler = datasets.get_data_scaler(config)
-    ckpts = checkpoints.Checkpoints(storage.path(workdir) / "classifier", async_save=False)
-    state = jax.jit(lambda r: classifier_training.init_classifier_state(r, config, optimizer))(
-        jax.random.PRNGKey(int(config.seed) + 7))
-    state, resumed = ckpts.restore_latest(state)
-    step = int(state.step)
-    log.say(f"Training {config.classifier.name} for {n_iters} steps"
-            + (f", resuming at {resumed}" if resumed is not None else ""))
-    data = datasets.get_dataset(config, "train", batch_size=batch_size).iterate(start=step)
-    try:
-        while step < n_iters:
-            batch = next(data)
-            state, metrics = step_fn(state, dict(batch, image=scaler(batch["image"])))
-            step += 1
-            if step % log_freq == 0:
-                log.say(f"step {step}: loss {float(metrics['loss']):.4f}, "
-                        f"noisy accuracy {float(metrics['accuracy']):.3f}")
-            if step % snap == 0 or step == n_iters:
-                ckpts.save_snapshot(step, state)
-    finally:
-        ckpts.wait()
-        ckpts.close()
-    return state
-
-
-def load_classifier_fn(config, workdir: str | Path, sde: sde_lib.SDE):
-    """`classifier_fn(x, t) -> logits` of the newest classifier in workdir/classifier (EMA)."""
-    from score_sde import checkpoints, classifier_training
-    from score_sde.models import classifier as cls_models
-
-    target = jax.eval_shape(lambda r: classifier_training.init_classifier_state(r, config),
-                            jax.random.PRNGKey(0))
-    folder = storage.path(workdir) / "classifier"
-    ckpts = checkpoints.Checkpoints(folder, async_save=False)
-    try:
-        state, found = ckpts.restore_latest(checkpoints.abstract_like(target))
-    finally:
-        ckpts.close()
-    if found is None:
-        raise FileNotFoundError(f"no classifier checkpoint in {folder}; "
-                                "run --mode train_classifier first")
-    return cls_models.get_classifier_fn(sde, cls_models.get_classifier(config), state.ema_params)

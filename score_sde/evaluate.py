@@ -15,86 +15,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import numpy as np
 from etils.epath import Path  # local or gs:// paths alike
 
-from score_sde import checkpoints, datasets, losses, parallel, sde_lib, storage
+from score_sde import checkpoints, datasets, losses, parallel, storage
 from score_sde import logging_utils as log
-from score_sde.registry import Registry
-from score_sde.train import Sampler
+from score_sde.eval_hooks import EVAL_HOOKS, register_eval_hook, sample_files
+from score_sde.inference import Restorer, Sampler, make_eval_call, model_score_fn
 
-# hook(config, sample_dir: Path, step: int) -> {name: value}; run after sampling a checkpoint.
-EvalHook = Callable[[Any, Path, int], dict[str, float]]
-EVAL_HOOKS: Registry[EvalHook] = Registry("eval hook")
-
-
-def register_eval_hook(name: str) -> Callable[[EvalHook], EvalHook]:
-    """Decorator: run `hook(config, sample_dir, step)` on every evaluated checkpoint's samples."""
-    def add(hook: EvalHook) -> EvalHook:
-        EVAL_HOOKS[name] = hook
-        return hook
-
-    return add
-
-
-class Restorer:
-    """Model, SDE and mesh of a config, and its checkpoints in a workdir."""
-
-    def __init__(self, config, workdir: str | Path):
-        from score_sde import models
-
-        self.config, self.workdir = config, storage.path(workdir)
-        self.mesh = parallel.make_mesh()
-        self.sde, self.eps = sde_lib.get_sde(config)
-        self.model = models.get_model(config)
-        self.optimizer = losses.get_optimizer(config)
-        self.ckpts = checkpoints.Checkpoints(self.workdir, async_save=False)
-
-    def target(self) -> Any:
-        shapes = jax.eval_shape(lambda r: losses.init_train_state(
-            r, self.config, self.model, self.optimizer), jax.random.PRNGKey(0))
-        return checkpoints.abstract_like(shapes, parallel.replicated(self.mesh))
-
-    def restore(self, step: int | None = None) -> tuple[losses.TrainState, int]:
-        """The snapshot at `step`, or the newest checkpoint of either kind."""
-        if step is not None:
-            return self.ckpts.restore_snapshot(self.target(), step), step
-        state, found = self.ckpts.restore_latest(self.target())
-        if found is None and self.ckpts.skipped:
-            raise checkpoints.CheckpointError(
-                f"no usable checkpoint in {self.workdir}: {self.ckpts.unusable()}; "
-                "train (--mode train) to write a new one")
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint in {self.workdir / checkpoints.SNAPSHOT_DIR} "
-                                    f"or {self.workdir / checkpoints.META_DIR}; train first "
-                                    "(--mode train) or convert a published one (--mode convert)")
-        return state, found
-
-    def chosen_step(self) -> int | None:
-        """config.eval.ckpt (a snapshot index, as published: step = ckpt * snapshot_freq)."""
-        ckpt = self.config.eval.get("ckpt", None)
-        if ckpt is None or int(ckpt) < 0:
-            return None
-        return int(ckpt) * int(self.config.training.snapshot_freq)
-
-    def eval_steps(self) -> list[int]:
-        """Snapshots with eval.begin_ckpt <= step // training.snapshot_freq <= eval.end_ckpt."""
-        ev, freq = self.config.eval, int(self.config.training.snapshot_freq)
-        available = self.ckpts.snapshot_steps()
-        chosen = [s for s in available if ev.begin_ckpt <= s // freq <= ev.end_ckpt]
-        if not chosen:
-            raise FileNotFoundError(
-                f"no snapshot in {self.workdir / checkpoints.SNAPSHOT_DIR} with "
-                f"config.eval.begin_ckpt={ev.begin_ckpt} <= step // {freq} <= "
-                f"config.eval.end_ckpt={ev.end_ckpt}; snapshot steps there: "
-                f"{available or 'none (train first)'}")
-        return chosen
-
-    def close(self) -> None:
-        self.ckpts.close()
+# Names of the library floor that this module's users import from here (README, notebooks).
+__all__ = ["EVAL_HOOKS", "Restorer", "Sampler", "bits_per_dim", "bpd_over_split", "convert",
+           "eval_loss", "evaluate", "get_likelihood_call", "likelihood", "local_rows",
+           "register_eval_hook", "sample", "sample_files", "sample_rounds"]
 
 
 def _write_json(path: Path, values: dict) -> None:
@@ -111,8 +45,6 @@ def _save_npz(path: Path, **arrays) -> None:
 
 def eval_loss(r: Restorer, state, split: str = "test") -> float:
     """Mean loss of the EMA weights over every full batch of a split."""
-    from score_sde.train import make_eval_call
-
     config = r.config
     parallel.check_batch_size(int(config.eval.batch_size), "config.eval.batch_size", r.mesh)
     ds = datasets.get_dataset(config, split)
@@ -140,16 +72,12 @@ def bits_per_dim(logp_nats: np.ndarray, dim: int, levels: int, centered: bool) -
 def get_likelihood_call(r: Restorer) -> Callable:
     """jit(params, rng, x_scaled) -> logp (nats, per example) via score_sde.likelihood."""
     from score_sde import likelihood
-    from score_sde.models import utils as mutils
 
     config = r.config
     fn = likelihood.get_likelihood_fn_from_config(config, r.sde, r.eps)
-    continuous = bool(config.training.continuous)
 
-    def call(params, rng, x):
-        score_fn = mutils.get_score_fn(r.sde, r.model, params, train=False,
-                                       continuous=continuous)
-        return fn(rng, score_fn, x)[0]
+    def call(params, rng, x):  # a class-conditional model: its unconditional (null-label) score
+        return fn(rng, model_score_fn(config, r.sde, r.model, params), x)[0]
 
     rep = parallel.replicated(r.mesh)
     return jax.jit(call, in_shardings=(rep, rep, parallel.data_sharding(r.mesh)),
@@ -191,11 +119,6 @@ def local_rows(x: jax.Array) -> np.ndarray:
     """This process's rows of an array sharded on its leading axis, in global order."""
     shards = {s.index[0].start or 0: np.asarray(s.data) for s in x.addressable_shards}
     return np.concatenate([shards[k] for k in sorted(shards)])
-
-
-def sample_files(sample_dir: str | Path) -> list[Path]:
-    """Every samples_<round>.npz of an evaluated checkpoint (all hosts)."""
-    return sorted(Path(sample_dir).glob("host_*/samples_*.npz"))
 
 
 def sample_rounds(r: Restorer, state, step: int, out: Path, sampler: Sampler) -> None:

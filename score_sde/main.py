@@ -157,9 +157,9 @@ def _edit(config, workdir):
 
 @register_mode("train_classifier")
 def _train_classifier(config, workdir):
-    from score_sde import editing_modes
+    from score_sde import train_classifier
 
-    return editing_modes.train_classifier(config, workdir)
+    return train_classifier.train(config, workdir)
 
 
 def run(mode: str, config, workdir: str) -> object:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 from etils.epath import Path  # local or gs:// paths alike
 
-from score_sde import datasets, evaluate, storage
+from score_sde import datasets, storage
 from score_sde import logging_utils as log
+from score_sde.eval_hooks import register_eval_hook, sample_files
 from score_sde.metrics import stats
 
 
@@ -53,10 +54,10 @@ def fid_stats(config, workdir: str | Path, eval_folder: str = "eval",
     return out
 
 
-@evaluate.register_eval_hook("sample_quality")
+@register_eval_hook("sample_quality")
 def score_samples(config, sample_dir: Path, step: int) -> dict[str, float]:
     """digits FD, or FID/KID/IS, of one checkpoint's samples (skipped without reference stats)."""
-    files = evaluate.sample_files(sample_dir)
+    files = sample_files(sample_dir)
     if not files:
         return {}
     samples = np.concatenate([storage.load_npz(f)["samples"] for f in files])

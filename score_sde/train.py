@@ -22,7 +22,6 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +40,7 @@ from score_sde import (
     sde_lib,
 )
 from score_sde import logging_utils as log
+from score_sde.inference import Sampler, make_eval_call
 
 # Donation is a no-op on the CPU backend; the warning says so on every compile.
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -115,16 +115,6 @@ def stop_votes(mesh, flag: bool) -> jax.Array:
     """A global bool array, one entry per device of `mesh`, this process's devices set to flag."""
     local = np.full((len(mesh.local_devices),), bool(flag))
     return parallel.shard_batch({"votes": local}, mesh)["votes"]
-
-
-def make_eval_call(eval_step_fn, mesh, scaler):
-    """jit(state, batch) -> loss, evaluation loss of the EMA parameters."""
-    rep = parallel.replicated(mesh)
-
-    def call(state, batch):
-        return eval_step_fn(state, dict(batch, image=scaler(batch["image"])))[1]
-
-    return jax.jit(call, in_shardings=(rep, parallel.data_sharding(mesh)), out_shardings=rep)
 
 
 @jax.jit
@@ -334,52 +324,6 @@ def _raise_nonfinite(step: int, last_good: int | None, workdir: epath.Path, what
         f"it; {kept}. Try a lower config.optim.lr or config.optim.grad_clip >= 0.")
 
 
-# ----------------------------------------------------------------------------- sampling
-
-
-class Sampler:
-    """A jitted sampler of `n` images (default eval.batch_size) sharded over the mesh:
-    `(params, rng) -> (images in [0, 1], nfe)`. Snapshots draw training.batch_size, as published.
-    """
-
-    def __init__(self, config, sde, eps: float, model, mesh, n: int | None = None):
-        from score_sde.models import utils as mutils
-        from score_sde.sampling import class_labels_from_config, get_sampler_from_config
-
-        self.n = int(n or config.eval.batch_size)
-        parallel.check_batch_size(self.n, "config.eval.batch_size", mesh)
-        d = config.data
-        shape = (self.n, d.image_size, d.image_size, d.num_channels)
-        sample = get_sampler_from_config(config, sde, shape, eps,
-                                         sharding=parallel.data_sharding(mesh))
-        labels = class_labels_from_config(config, self.n)
-        continuous = bool(config.training.continuous)
-        inverse = datasets.get_data_inverse_scaler(config)
-
-        def run(params, rng):
-            if labels is None:
-                score_fn = mutils.get_score_fn(sde, model, params, train=False,
-                                               continuous=continuous)
-            else:  # class-conditional: classifier-free guidance with sampling.guidance_scale
-                from score_sde import controllable
-
-                cond = controllable.model_conditional_score_fn(sde, model, params, continuous)
-                score_fn = controllable.cfg_from_model(
-                    cond, labels, int(config.model.num_classes),
-                    float(config.sampling.get("guidance_scale", 0.0) or 0.0))
-            x, nfe = sample(rng, score_fn)
-            return jnp.clip(inverse(x), 0.0, 1.0), nfe
-
-        rep = parallel.replicated(mesh)
-        self.mesh = mesh
-        self._run = jax.jit(run, in_shardings=(rep, rep),
-                            out_shardings=(parallel.data_sharding(mesh), rep))
-
-    def __call__(self, params, rng) -> tuple[jax.Array, int]:
-        images, nfe = self._run(params, parallel.replicate(rng, self.mesh))
-        return images, int(jax.device_get(nfe))
-
-
 def _snapshot_samples(sampler: Sampler, state, step: int, workdir: epath.Path, writer,
                       config) -> None:
     rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 2), step)
@@ -394,6 +338,3 @@ def _snapshot_samples(sampler: Sampler, state, step: int, workdir: epath.Path, w
         writer.image(step, "samples", log.image_grid(images))
         log.say(f"Wrote {len(images)} samples ({nfe} score evaluations each) to {path}")
 
-
-def params_for(state: Any, use_ema: bool = True) -> Any:
-    return state.ema_params if use_ema else state.params

@@ -87,6 +87,38 @@ def test_convert_published_checkpoint(tmp_path):
         evaluate.convert(config, tmp_path, folder)
 
 
+def test_restorer_reads_the_ema_weights_and_never_the_optimizer_state(trained):
+    """inference.Restorer restores EMA weights, step and key only: the same EMA weights as a
+    full restore of the training state, from a checkpoint the training loop wrote."""
+    import orbax.checkpoint as ocp
+
+    from score_sde import losses
+
+    config, workdir = trained
+    r = evaluate.Restorer(config, workdir)
+    full_target = jax.eval_shape(lambda k: losses.init_train_state(k, config, r.model,
+                                                                   r.optimizer),
+                                 jax.random.PRNGKey(0))
+    full, step = r.ckpts.restore_latest(checkpoints.abstract_like(full_target))
+    state, found = r.restore()
+    r.close()
+    assert found == step == 4 and state.params is None and state.opt_state is None
+    assert int(state.step) == 4
+    for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(full.ema_params),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(jax.tree.leaves(full.params)[0]),
+                              np.asarray(jax.tree.leaves(full.ema_params)[0]))
+
+    r = evaluate.Restorer(config, workdir)
+    target = r.target()  # orbax is told to read neither the parameters nor the optimizer state
+    state, found = r.restore(2)
+    r.close()
+    skipped = jax.tree.leaves(target.params) + jax.tree.leaves(target.opt_state)
+    assert skipped and all(x is ocp.PLACEHOLDER for x in skipped)
+    assert found == 2 and int(state.step) == 2 and state.opt_state is None
+
+
 @pytest.mark.parametrize("method", ["pc", "dpm_solver++"])
 def test_inpaint_mode_keeps_the_known_pixels(trained, method):
     from score_sde import editing_modes

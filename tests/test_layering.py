@@ -1,0 +1,109 @@
+"""The drivers stand side by side on the library (issue 16 part 3).
+
+Reads the source of every score_sde module with `ast` (imports at module level and inside
+functions, in every spelling) and fails if a driver module imports another driver, or if a
+library module (inference.py included) imports a driver. The list of drivers is written out
+here and checked against the modules main.py's modes import, so a new mode module is a driver.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "score_sde"
+# The modules that host a --mode (or a mode's hook): each a mode over the library.
+DRIVERS = {"train", "evaluate", "editing_modes", "sample_quality", "train_classifier"}
+ENTRY_POINT = "main"  # picks a mode: the one module that imports drivers
+
+
+def imported_modules(source: str) -> set[str]:
+    """The score_sde modules (first name below the package) that `source` imports anywhere:
+    `import score_sde.x`, `from score_sde import x`, `from score_sde.x(.y) import z`, the
+    relative forms of a module of the package, and `importlib.import_module("score_sde.x")`."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names
+                      if a.name.startswith("score_sde.")}
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level or module == "score_sde" or module.startswith("score_sde."):
+                parts = module.split(".") if module else []
+                below = parts[1:] if parts and parts[0] == "score_sde" and not node.level else parts
+                found |= {below[0]} if below else {a.name for a in node.names}
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(
+                node.func, "id", None)) == "import_module" and node.args
+              and isinstance(node.args[0], ast.Constant)
+              and str(node.args[0].value).startswith("score_sde.")):
+            found.add(str(node.args[0].value).split(".")[1])
+    return found
+
+
+def _modules() -> dict[str, str]:
+    """Every top-level module of the package (subpackages by their folder name) -> source."""
+    out = {p.stem: p.read_text() for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    for init in PACKAGE.glob("*/__init__.py"):
+        out[init.parent.name] = "\n".join(p.read_text() for p in init.parent.rglob("*.py"))
+    return out
+
+
+def _mode_modules(main_source: str) -> set[str]:
+    """The score_sde modules imported by the functions main.py registers as modes."""
+    found = set()
+    for node in ast.walk(ast.parse(main_source)):
+        if isinstance(node, ast.FunctionDef) and any(
+                isinstance(d, ast.Call) and getattr(d.func, "id", None) == "register_mode"
+                for d in node.decorator_list):
+            found |= imported_modules(ast.unparse(node))
+    return found
+
+
+def test_the_import_reader_sees_every_spelling():
+    source = (
+        "import score_sde.a\nimport score_sde.b.c as bc\nfrom score_sde import d, e as e2\n"
+        "from score_sde.f import g\nfrom score_sde.h.i import j\nimport numpy, scoreless\n"
+        "from . import k\nfrom .l import m\nfrom score_sde_other import n\n"
+        "def fn():\n    from score_sde import o\n    import importlib\n"
+        "    importlib.import_module('score_sde.p')\n"
+        "class C:\n    def method(self):\n        import score_sde.q\n")
+    assert imported_modules(source) == set("abdefhklopq")
+
+
+def test_the_driver_list_is_the_modules_of_mains_modes():
+    modules = _modules()
+    assert DRIVERS <= set(modules), sorted(DRIVERS - set(modules))
+    assert _mode_modules(modules[ENTRY_POINT]) == DRIVERS
+    others = [name for name, src in modules.items()
+              if "register_mode(" in src and name != ENTRY_POINT]
+    assert others == [], f"{others} register modes outside main.py: add them to DRIVERS"
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_no_driver_imports_another(driver):
+    imported = imported_modules(_modules()[driver])
+    assert not imported & (DRIVERS - {driver}), (
+        f"{driver}.py imports the driver(s) {sorted(imported & DRIVERS - {driver})}; move what "
+        "they share one floor down (inference.py, eval_hooks.py)")
+
+
+def test_library_imports_no_driver_nor_main():
+    for name, source in _modules().items():
+        if name in DRIVERS or name == ENTRY_POINT:
+            continue
+        bad = imported_modules(source) & (DRIVERS | {ENTRY_POINT})
+        assert not bad, f"the library module {name} imports {sorted(bad)}"
+    assert "inference" in _modules()  # the floor under the drivers is checked too
+
+
+def test_eval_mode_finds_the_sample_quality_hook_through_the_library():
+    """main's eval mode imports sample_quality, whose hook lands in the library's registry,
+    the one evaluate runs: neither driver imports the other."""
+    main_source = _modules()[ENTRY_POINT]
+    eval_mode = next(n for n in ast.walk(ast.parse(main_source))
+                     if isinstance(n, ast.FunctionDef) and n.name == "_eval")
+    assert {"evaluate", "sample_quality"} <= imported_modules(ast.unparse(eval_mode))
+    from score_sde import eval_hooks, evaluate, sample_quality
+
+    assert evaluate.EVAL_HOOKS is eval_hooks.EVAL_HOOKS
+    assert eval_hooks.EVAL_HOOKS["sample_quality"] is sample_quality.score_samples
