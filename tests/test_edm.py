@@ -199,3 +199,12 @@ def test_parameterization_per_sde_and_errors():
         get(SDE, continuous=False)
     with pytest.raises(ValueError, match="parameterization"):
         get(vp, kind="v")
+
+
+def test_noise_conditional_classifier_sees_sigma_on_the_edm_sde():
+    """On the EDM SDE t runs to 80: the classifier is fed sigma(t) = t, as on VE, not 999 t."""
+    from score_sde.models.classifier import noise_input
+
+    t = jnp.asarray([0.002, 1.0, 80.0])
+    np.testing.assert_allclose(noise_input(sde_lib.EDMSDE(), t), t, rtol=1e-6)
+    np.testing.assert_allclose(noise_input(sde_lib.VPSDE(), t), 999.0 * t, rtol=1e-6)

@@ -136,8 +136,9 @@ def init_classifier(rng: Array, config) -> dict:
 
 
 def noise_input(sde: sde_lib.SDE, t: Array) -> Array:
-    """The networks' noise input for time t (B,): sigma(t) for VE, 999 t otherwise."""
-    if isinstance(sde, sde_lib.VESDE):
+    """The networks' noise input for time t (B,): sigma(t) for VE and EDM, 999 t otherwise
+    (on the EDM SDE t itself runs to 80, so 999 t would leave the embedding's scale)."""
+    if isinstance(sde, (sde_lib.VESDE, sde_lib.EDMSDE)):
         return sde.marginal_coeffs(t)[1]
     return t * 999.0
 
