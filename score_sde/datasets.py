@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import os
 import queue
 import sys
@@ -36,6 +35,8 @@ from typing import Any, Protocol
 
 import numpy as np
 from etils import epath
+
+from score_sde import storage
 
 Batch = dict[str, np.ndarray]
 SPLITS = ("train", "test")
@@ -248,16 +249,10 @@ def decode_image(path: str, num_channels: int) -> np.ndarray:
     A file that cannot be read at all (missing, no permission) raises the reader's own error:
     only the bytes' content is the corrupt-image policy's business.
     """
-    from PIL import Image
-
-    data = epath.Path(path).read_bytes()
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            x = np.asarray(img.convert("L" if num_channels == 1 else "RGB"), np.uint8)
-    except Image.UnidentifiedImageError:
-        raise CorruptImageError(path, "not in an image format Pillow recognises") from None
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBomb...
-        raise CorruptImageError(path, f"{type(e).__name__}: {e}") from None
+        x = storage.read_image(path, mode="L" if num_channels == 1 else "RGB")
+    except storage.UnreadableFileError as e:
+        raise CorruptImageError(path, e.reason) from None
     return x[..., None] if x.ndim == 2 else x
 
 

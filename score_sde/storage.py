@@ -120,23 +120,29 @@ def save_image(p: PathLike, image, format: str = "PNG") -> epath.Path:
 
 
 class UnreadableFileError(ValueError):
-    """A file that exists but cannot be decoded (corrupt or not of the expected kind)."""
+    """A file that exists but cannot be decoded (corrupt or not of the expected kind);
+    `reason` is the decoder's part of the message."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
 
 
-def read_image(p: PathLike) -> np.ndarray:
-    """A PNG/JPEG as a uint8 array (H, W) or (H, W, C); one line naming the file if it is
-    missing or cannot be decoded."""
+def read_image(p: PathLike, mode: str | None = None) -> np.ndarray:
+    """A PNG/JPEG as a uint8 array (H, W) or (H, W, C), converted to PIL `mode` ('L', 'RGB')
+    when given; one line naming the file if it is missing or cannot be decoded."""
     from PIL import Image, UnidentifiedImageError
 
     p = path(p)
-    if not p.exists():
-        raise FileNotFoundError(f"image {p} does not exist")
     try:
-        with Image.open(io.BytesIO(p.read_bytes())) as img:
-            img.load()
-            return np.asarray(img)
-    except UnidentifiedImageError as e:
-        raise UnreadableFileError(f"{p} is not a readable image (not a format PIL knows)") from e
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or damaged data
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {p} does not exist") from None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert(mode) if mode else img.copy())
+    except UnidentifiedImageError:
+        reason = "not a format PIL knows"
+    except Exception as e:  # noqa: BLE001  Pillow raises OSError, SyntaxError, ValueError, ...
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UnreadableFileError(f"{p} is not a readable image ({reason})") from e
+    raise UnreadableFileError(f"{p} is not a readable image ({reason})", reason)
