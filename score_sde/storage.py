@@ -16,6 +16,7 @@ import importlib.util
 import io
 import json
 import os
+import uuid
 from typing import Any
 
 import numpy as np
@@ -64,7 +65,7 @@ def write_bytes(p: PathLike, data: bytes) -> epath.Path:
         p.write_bytes(data)  # an object appears only once its upload is complete
         return p
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    tmp = p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex}")  # unique per writer, also per thread
     try:
         tmp.write_bytes(data)
         os.replace(tmp, p)
