@@ -10,6 +10,9 @@ Methods: 'pc' (predictor-corrector), 'ode' (probability flow, diffrax), 'ddim', 
 batch out over devices. A new sampler is one function decorated with
 `@register_sampler(name, merges=...)`: its keyword options become config.sampling fields
 (score_sde.sampling.registry).
+
+`optimize_grid` fits a sampler's time grid to a model (score_sde.sampling.grid_optimizer);
+grid='file:PATH' samples on such a stored grid (score_sde.sampling.grid_files).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import ml_collections
 # The sampler modules register their samplers when imported (register_sampler).
 from score_sde.sampling import fast, ode, pc  # noqa: F401
 from score_sde.sampling.correctors import register_corrector
+from score_sde.sampling.grid_files import PREFIX as GRID_FILE_PREFIX
+from score_sde.sampling.grid_files import check_sampler as check_grid_file_sampler
+from score_sde.sampling.grid_optimizer import GridResult, optimize_grid
 from score_sde.sampling.grids import get_time_grid, register_grid
 from score_sde.sampling.predictors import register_predictor
 from score_sde.sampling.registry import (
@@ -38,6 +44,7 @@ __all__ = ["MERGE_SAMPLERS", "NEW_CONFIG_FIELDS", "SAMPLERS", "Sampler", "Sample
            "get_sampler_from_config", "get_time_grid", "new_config_fields", "register_corrector",
            "register_grid", "register_predictor", "register_sampler",
            "sampler_options_from_config"]
+__all__ += ["GridResult", "optimize_grid"]  # the grid optimiser
 
 # config.sampling fields of the published score_sde configs (set by every shipped config).
 PUBLISHED_FIELDS = ("method", "predictor", "corrector", "snr", "n_steps_each", "noise_removal",
@@ -118,4 +125,6 @@ def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float
                             sharding=None) -> Sampler:
     """The sampler named by config.sampling.method, with its options from config.sampling."""
     method, options = sampler_options_from_config(config)
+    if str(options.get("grid", "")).startswith(GRID_FILE_PREFIX):  # made for one sampler
+        check_grid_file_sampler(options["grid"][len(GRID_FILE_PREFIX):], method)
     return get_sampler(method, sde, shape, eps=eps, sharding=sharding, **options)

@@ -9,6 +9,9 @@ denser near the data ('quadratic', DDIM's), uniform in log-SNR lambda = log(alph
 the named spacing covers [lo, hi], and one step each spans T -> hi and lo -> eps (those ends
 that the SDE reaches). A good range is about half the data's smallest standard deviation to
 twice its diameter; DPM-Solver++ gains most from it at low NFE (benchmarks/README.md).
+
+'file:PATH' reads a grid written by `--mode optimize_grid` (score_sde.sampling.grid_files):
+it must have been made for this SDE, eps and number of steps.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde.registry import Registry
+from score_sde.sampling import grid_files
 from score_sde.sde_lib import SDE
 
 GridFn = Callable[[SDE, int, float, float], np.ndarray]  # (sde, n, t_start, t_end)
@@ -37,6 +41,11 @@ def grid_names() -> list[str]:
 def get_time_grid(name: str, sde: SDE, n_steps: int, eps: float,
                   sigma_range: tuple[float, float] | None = None) -> np.ndarray:
     """n_steps + 1 decreasing times from sde.T to eps (float32 numpy), see sigma_range above."""
+    if grid_files.is_grid_file(name):
+        if sigma_range is not None:
+            raise ValueError(f"grid={name!r} is a stored grid: sigma_range does not apply; "
+                             "leave config.sampling.sigma_range unset")
+        return grid_files.load_grid(name[len(grid_files.PREFIX):], sde, n_steps, eps)
     grid_fn = _GRIDS.lookup(name)
     if n_steps < 1:
         raise ValueError(f"a time grid needs n_steps >= 1, got {n_steps}")
