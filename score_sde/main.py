@@ -11,6 +11,8 @@ Modes (the MODES table; other modules add theirs with `@register_mode(name)`):
   colorize    colour the grey version of --input images (colour models)
   edit        SDEdit: perturb --input images to time --t0 and solve back
   train_classifier  a noise-conditional classifier for classifier guidance (config.classifier)
+  optimize_grid  the time grid of config.sampling.method / nfe fitted to the checkpoint
+              (workdir/grids/*.json; sample with --config.sampling.grid=file:PATH)
 
 Config values are overridden on the command line, e.g. `--config.training.n_iters=2000`.
 Multi-host: --coordinator_address/--num_processes/--process_id, or --distributed to read the
@@ -160,6 +162,13 @@ def _train_classifier(config, workdir):
     from score_sde import train_classifier
 
     return train_classifier.train(config, workdir)
+
+
+@register_mode("optimize_grid")
+def _optimize_grid(config, workdir):
+    from score_sde import grid_search
+
+    return grid_search.optimize(config, workdir)
 
 
 def run(mode: str, config, workdir: str) -> object:

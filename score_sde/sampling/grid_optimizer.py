@@ -83,17 +83,21 @@ class GridResult:
 
 
 def optimize_grid(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, method: str,
-                  nfe: int, eps: float = 1e-3, rng: jax.Array | None = None,
+                  nfe: int | None = None, eps: float = 1e-3, rng: jax.Array | None = None,
                   n_fine: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
                   refine_steps: int = 50, learning_rate: float = 0.05,
                   options: dict[str, Any] | None = None) -> GridResult:
     """The grid of `method` at `nfe` that best matches the teacher solve (module docstring).
 
     shape: the batch of prior draws (B, *data_shape); options: the sampler's other keyword
-    options (order, grid and sigma_range of the starting grid, ...); rng: the draws' key.
+    options (order, grid and sigma_range of the starting grid, ...); rng: the draws' key;
+    nfe: the sampler's default when None.
     """
     options = dict(options or {})
-    order = _local_order(method, nfe)
+    order = _local_order(method)
+    nfe = int(nfe if nfe is not None else _default(method, "nfe"))
+    if nfe < 1:
+        raise ValueError(f"optimize_grid: config.sampling.nfe must be >= 1, got {nfe}")
     start = _start_grid(method, sde, nfe, eps, options)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     fine = _fine_grid(sde, eps, n_fine, start)
@@ -113,23 +117,25 @@ def optimize_grid(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, method
                       errors[best], errors, teacher_nfe, method, nfe)
 
 
-def _local_order(method: str, nfe: int) -> int:
+def _local_order(method: str) -> int:
     SAMPLERS.lookup(method, field="config.sampling.method")
     if method not in LOCAL_ORDER:
         raise ValueError(f"optimize_grid: config.sampling.method={method!r} is not supported; "
                          f"choose one of {sorted(LOCAL_ORDER)} (one grid step per score call)")
-    if int(nfe) < 1:
-        raise ValueError(f"optimize_grid: config.sampling.nfe must be >= 1, got {nfe}")
     return LOCAL_ORDER[method]
+
+
+def _default(method: str, option: str):
+    """The default of a sampler's keyword option."""
+    return inspect.signature(SAMPLERS.lookup(method).factory).parameters[option].default
 
 
 def _start_grid(method: str, sde: SDE, nfe: int, eps: float, options: dict) -> np.ndarray:
     """The grid the sampler uses with these options (its default grid / sigma_range)."""
-    params = inspect.signature(SAMPLERS.lookup(method).factory).parameters
-    grid = options.pop("grid", None) or params["grid"].default
+    grid = options.pop("grid", None) or _default(method, "grid")
     sigma_range = options.pop("sigma_range", None)
-    if sigma_range is None and "sigma_range" in params:
-        sigma_range = params["sigma_range"].default
+    if sigma_range is None and grid == _default(method, "grid"):
+        sigma_range = _default(method, "sigma_range")
     options.pop("nfe", None)
     return get_time_grid(grid, sde, nfe, eps, sigma_range).astype(np.float64)
 

@@ -1,0 +1,56 @@
+"""`--mode optimize_grid`: a sampler's time grid fitted to a trained model, beside its weights.
+
+Restores the EMA weights of the newest checkpoint (or config.eval.ckpt), runs
+`score_sde.sampling.optimize_grid` for config.sampling.method at config.sampling.nfe (its other
+sampling options as set) on config.eval.batch_size prior draws (seed config.seed), and writes
+workdir/grids/<method>_nfe<nfe>_step<step>.json (times, sampler, nfe, SDE, checkpoint step, the
+sampler's error against the teacher solve before and after). The last line printed is the
+override that samples on it: --config.sampling.grid=file:PATH.
+"""
+
+from __future__ import annotations
+
+import jax
+from etils.epath import Path
+
+from score_sde import inference, storage
+from score_sde import logging_utils as log
+from score_sde.sampling import grid_files, optimize_grid, sampler_options_from_config
+
+GRID_DIR = "grids"
+
+
+def grid_path(workdir: str | Path, method: str, nfe: int, step: int) -> Path:
+    """Where the grid of `method` at `nfe` for the checkpoint at `step` is written."""
+    name = method.replace("+", "p")
+    return storage.path(workdir) / GRID_DIR / f"{name}_nfe{nfe}_step{step}.json"
+
+
+def optimize(config, workdir: str | Path) -> Path:
+    """Fit the grid of config.sampling's sampler to the checkpoint; returns the file's path."""
+    restorer = inference.Restorer(config, workdir)
+    try:
+        state, step = restorer.restore(restorer.chosen_step())
+    finally:
+        restorer.close()
+    method, options = sampler_options_from_config(config)
+    nfe = options.pop("nfe", None)
+    d = config.data
+    shape = (int(config.eval.batch_size), d.image_size, d.image_size, d.num_channels)
+    score_fn = inference.model_score_fn(config, restorer.sde, restorer.model, state.ema_params)
+    log.say(f"Optimising the {method} grid at nfe={nfe or 'default'} for step {step} on "
+            f"{shape[0]} prior draws")
+    result = optimize_grid(score_fn, restorer.sde, shape, method=method, nfe=nfe,
+                           eps=restorer.eps, rng=jax.random.PRNGKey(int(config.seed)),
+                           options=options)
+    out = grid_path(workdir, method, result.nfe, step)
+    if log.is_main():
+        grid_files.write_grid_file(out, result.times, sampler=method, nfe=result.nfe,
+                                   sde=restorer.sde, eps=restorer.eps, checkpoint_step=step,
+                                   **result.record())
+    log.say(f"{method} at nfe={result.nfe}: error against the teacher solve "
+            f"{result.cost_before:.4g} on the default grid -> {result.cost_after:.4g} "
+            f"({min(result.candidates, key=result.candidates.get)}); sample with "
+            f"--config.sampling.method={method} --config.sampling.nfe={result.nfe} "
+            f"--config.sampling.grid=file:{out}")
+    return out

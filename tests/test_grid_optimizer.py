@@ -1,0 +1,153 @@
+"""The grid optimiser (score_sde.sampling.grid_optimizer) and stored grids (grid='file:PATH')."""
+
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from score_sde import sde_lib
+from score_sde.analytic import GaussianMixture
+from score_sde.sampling import (
+    get_sampler,
+    get_sampler_from_config,
+    get_time_grid,
+    grid_files,
+    grid_optimizer,
+    optimize_grid,
+)
+
+VP = sde_lib.VPSDE()
+EPS = 1e-3
+# Three tight 2-D clusters: the probability-flow map bends late, where default grids are coarse.
+MIXTURE = GaussianMixture(np.ones(3), np.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]]),
+                          np.stack([0.05 * np.eye(2)] * 3))
+
+
+def _teacher_like(n_points: int, batch: int = 5, dim: int = 3, seed: int = 0):
+    """Arbitrary states and data predictions on a decreasing grid (the costs' algebra holds
+    for any vectors)."""
+    rng = np.random.default_rng(seed)
+    times = np.linspace(VP.T, EPS, n_points)
+    return times, rng.normal(size=(n_points, batch, dim)), rng.normal(size=(n_points, batch, dim))
+
+
+def _direct_cost(costs, xs, ms, k, i, j, order):
+    """One step of DPM-Solver++ (order 1: DDIM; order 2: 2M with the previous point k) from the
+    state at i to time j, its RMS error in data units, weighted as the optimiser does."""
+    a, s, lam = costs.alpha, costs.sigma, costs.lam
+    h = lam[j] - lam[i]
+    d = 0.0 if order == 1 else (ms[i] - ms[k]) / (2.0 * (lam[i] - lam[k]) / h)
+    x = s[j] / s[i] * xs[i] - a[j] * np.expm1(-h) * (ms[i] + d)
+    return np.sqrt(np.mean((x - xs[j]) ** 2) * costs.weight[j])
+
+
+def test_local_costs_are_one_solver_step_from_the_teacher_state():
+    times, xs, ms = _teacher_like(6)
+    costs = grid_optimizer._LocalCosts(VP, times, xs, ms)
+    first, second = costs.first(), costs.second()
+    for i, j in itertools.combinations(range(6), 2):
+        assert first[i, j] == pytest.approx(_direct_cost(costs, xs, ms, None, i, j, 1), rel=1e-9)
+    for k, i, j in itertools.combinations(range(6), 3):
+        assert second[k, i, j] == pytest.approx(_direct_cost(costs, xs, ms, k, i, j, 2),
+                                                rel=1e-9)
+    assert np.isinf(first[3, 2]) and np.isinf(second[2, 1, 4])  # no step back in time
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_shortest_path_is_the_cheapest_path_of_n_steps(order):
+    """The dynamic programme against every path of 4 steps over 9 points (brute force); order 2
+    takes its first and last steps at first order, as the multistep solvers do."""
+    times, xs, ms = _teacher_like(9, seed=1)
+    costs = grid_optimizer._LocalCosts(VP, times, xs, ms)
+    first, second = costs.first(), costs.second()
+
+    def total(path):
+        if order == 1:
+            return sum(first[a, b] for a, b in zip(path[:-1], path[1:], strict=True))
+        steps = [second[path[m - 1], path[m], path[m + 1]] for m in range(1, len(path) - 2)]
+        return first[path[0], path[1]] + sum(steps) + first[path[-2], path[-1]]
+
+    paths = [(0, *mid, 8) for mid in itertools.combinations(range(1, 8), 3)]
+    best = min(paths, key=total)
+    found = grid_optimizer.shortest_path(costs, 4, order)
+    assert tuple(found) == best
+    assert total(tuple(found)) < sorted(map(total, paths))[1]  # a unique optimum: exact check
+
+
+def _write(tmp_path, times, name="grid.json", sampler="dpm_solver++", sde=VP, eps=EPS):
+    path = tmp_path / name
+    grid_files.write_grid_file(str(path), times, sampler=sampler, nfe=len(times) - 1, sde=sde,
+                               eps=eps, checkpoint_step=7)
+    return f"file:{path}"
+
+
+def test_a_grid_file_round_trip(tmp_path):
+    quadratic = get_time_grid("quadratic", VP, 6, EPS)
+    grid = _write(tmp_path, quadratic)
+    np.testing.assert_array_equal(get_time_grid(grid, VP, 6, EPS), quadratic)
+    record = json.loads((tmp_path / "grid.json").read_text())
+    assert (record["sampler"], record["nfe"], record["checkpoint_step"]) == ("dpm_solver++", 6, 7)
+    # (sampling on a stored grid: test_the_optimised_grid_lowers_the_error_on_fresh_draws)
+
+
+def _config(method, nfe, grid, sigma_range=None):
+    config = ml_collections.ConfigDict()
+    config.sampling = dict(method=method, nfe=nfe, grid=grid, sigma_range=sigma_range)
+    config.model = dict(num_classes=0)
+    return config
+
+
+def test_a_grid_file_for_another_nfe_sampler_sde_or_eps_is_one_clear_error(tmp_path):
+    grid = _write(tmp_path, get_time_grid("quadratic", VP, 6, EPS))
+    with pytest.raises(ValueError, match=r"dpm_solver\+\+ at nfe=6 \(6 steps\); this sampler "
+                                         r"takes 8 steps: set config.sampling.nfe=6"):
+        get_sampler("dpm_solver++", VP, (4, 2), nfe=8, grid=grid, eps=EPS)
+    with pytest.raises(ValueError, match=r"holds a grid for dpm_solver\+\+ at nfe=6, not for "
+                                         r"config.sampling.method='ddim'"):
+        get_sampler_from_config(_config("ddim", 6, grid), VP, (4, 2), EPS)
+    with pytest.raises(ValueError, match=r"on the SDE \{'name': 'VPSDE'.*not on this config's "
+                                         r"\{'name': 'VESDE'"):
+        get_sampler("dpm_solver++", sde_lib.VESDE(), (4, 2), nfe=6, grid=grid, eps=EPS)
+    with pytest.raises(ValueError, match=r"ending at eps=0.001; this sampler ends at eps=0.01"):
+        get_sampler("dpm_solver++", VP, (4, 2), nfe=6, grid=grid, eps=1e-2)
+    with pytest.raises(ValueError, match=r"sigma_range does not apply"):
+        get_sampler("dpm_solver++", VP, (4, 2), nfe=6, grid=grid, sigma_range=(0.1, 1.0),
+                    eps=EPS)
+    with pytest.raises(FileNotFoundError, match=r"nowhere.json does not exist; make one with "
+                                                r"--mode optimize_grid"):
+        get_time_grid(f"file:{tmp_path}/nowhere.json", VP, 6, EPS)
+    (tmp_path / "other.json").write_text('{"times": [1.0, 0.001]}')
+    with pytest.raises(ValueError, match=r"other.json is not a score_sde grid file"):
+        get_time_grid(f"file:{tmp_path}/other.json", VP, 1, EPS)
+    with pytest.raises(ValueError, match=r"times must be strictly decreasing"):
+        _write(tmp_path, [1.0, 0.5, 0.5, EPS])
+    with pytest.raises(ValueError, match=r"'heun' is not supported; choose one of \['ddim', "):
+        optimize_grid(MIXTURE.perturbed_score_fn(VP), VP, (4, 2), method="heun", nfe=5)
+
+
+@pytest.mark.slow
+def test_the_optimised_grid_lowers_the_error_on_fresh_draws(tmp_path):
+    """DPM-Solver++ at 5 NFE on the mixture (exact score): the grid fitted on 128 draws beats
+    the default grid on 512 other draws, measured against the adaptive probability-flow solve
+    (rtol = atol = 1e-6). Measured: 0.21 -> ~0.12 RMS in-sample, similar out of sample."""
+    score_fn = MIXTURE.perturbed_score_fn(VP)
+    result = optimize_grid(score_fn, VP, (128, 2), method="dpm_solver++", nfe=5, eps=EPS,
+                           rng=jax.random.PRNGKey(0), n_fine=40, refine_steps=30)
+    assert result.times.shape == (6,) and result.times[0] == VP.T
+    assert result.times[-1] == pytest.approx(EPS) and np.all(np.diff(result.times) < 0)
+    assert result.cost_after == min(result.candidates.values()) <= result.cost_before
+    grid = _write(tmp_path, result.times)
+    rng = jax.random.PRNGKey(1)  # other draws than the optimiser's
+    exact = get_sampler("ode", VP, (512, 2), rtol=1e-6, atol=1e-6, eps=EPS)(rng, score_fn)[0]
+
+    def error(grid_name):
+        x = get_sampler("dpm_solver++", VP, (512, 2), nfe=5, grid=grid_name, eps=EPS)(
+            rng, score_fn)[0]
+        return float(jnp.sqrt(jnp.mean((x - exact) ** 2)))
+
+    before, after = error("quadratic"), error(grid)
+    assert after < 0.8 * before, (before, after)
