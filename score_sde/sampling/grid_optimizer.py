@@ -37,6 +37,7 @@ import dataclasses
 import inspect
 import os
 import tempfile
+import time
 from typing import Any
 
 import diffrax
@@ -63,7 +64,8 @@ class GridResult:
     times: the n + 1 decreasing times (float32); start_times: the sampler's default grid;
     cost_before / cost_after: RMS difference between the sampler's output on start_times /
     times and the teacher's endpoint (data units, same draws); candidates: that error of every
-    grid tried (name -> RMS); teacher_nfe: score calls of the teacher solve.
+    grid tried (name -> RMS); teacher_nfe: score calls of the teacher solve; seconds: wall
+    time of each phase (teacher, dp, refine, judge).
     """
 
     times: np.ndarray
@@ -74,12 +76,14 @@ class GridResult:
     teacher_nfe: int
     method: str
     nfe: int
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """What a grid file keeps besides the times (grid_files.write_grid_file(**record))."""
         return {"cost_before": self.cost_before, "cost_after": self.cost_after,
                 "start_times": [float(t) for t in self.start_times],
-                "candidates": self.candidates, "teacher_nfe": self.teacher_nfe}
+                "candidates": self.candidates, "teacher_nfe": self.teacher_nfe,
+                "seconds": self.seconds}
 
 
 def optimize_grid(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, method: str,
@@ -100,21 +104,39 @@ def optimize_grid(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, method
         raise ValueError(f"optimize_grid: config.sampling.nfe must be >= 1, got {nfe}")
     start = _start_grid(method, sde, nfe, eps, options)
     rng = jax.random.PRNGKey(0) if rng is None else rng
+    clock = _Clock()
     fine = _fine_grid(sde, eps, n_fine, start)
     xs, ms, teacher_nfe = _teacher(sde, score_fn, shape, rng, fine, rtol, atol)
+    clock("teacher")
     x_T, target = (jnp.asarray(v.reshape((shape[0], *shape[1:])), jnp.float32)
                    for v in (xs[0], xs[-1]))
     candidates = {"default": start,
                   "dp": fine[shortest_path(_LocalCosts(sde, fine, xs, ms), nfe, order)]}
+    clock("dp")
     if refine_steps > 0:
         proxy = _ProxyLoss(sde, score_fn, x_T, target, order)
         init = min(candidates.values(), key=proxy)
         candidates["refined"] = proxy.refine(init, refine_steps, learning_rate)
+        clock("refine")
     errors = {name: _sampler_error(method, sde, shape, eps, times, options, score_fn, rng,
                                    xs[-1]) for name, times in candidates.items()}
+    clock("judge")
     best = min(errors, key=errors.get)
     return GridResult(np.asarray(candidates[best], np.float32), start, errors["default"],
-                      errors[best], errors, teacher_nfe, method, nfe)
+                      errors[best], errors, teacher_nfe, method, nfe, clock.seconds)
+
+
+class _Clock:
+    """Wall seconds of each phase: `clock(name)` ends the phase `name`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 2)
+        self._last = now
 
 
 def _local_order(method: str) -> int:

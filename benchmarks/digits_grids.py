@@ -1,0 +1,120 @@
+"""Digits FD vs NFE of the fast samplers on their default and optimised grids (issue 17 item 7).
+
+One process restores a trained digits model's EMA weights (read only), then for every sampler
+and NFE: samples --num_samples digits on the sampler's default grid, fits the grid with
+`score_sde.sampling.optimize_grid` (--draws prior draws, seed 0) and samples again on it, with
+the same prior draws for every row (paired). The adaptive probability-flow ODE (Tsit5,
+rtol = atol = 1e-5) is the reference row. Writes a JSON (rows: sampler, nfe, grid, digits_fd,
+the optimiser's error before / after and its wall time) and the optimised grid files.
+
+    python benchmarks/digits_grids.py --config=configs/digits.py --workdir=/work/runs/digits \
+        --methods=dpm_solver++,unipc,ipndm --nfes=5,10,20 \
+        --out=benchmarks/results/digits_grids_vp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from score_sde import inference, logging_utils, sampling  # noqa: E402
+from score_sde.metrics import stats  # noqa: E402
+from score_sde.sampling import grid_files  # noqa: E402
+
+
+def load_config(path: str):
+    spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def digits_fd(config, restorer, params, overrides: dict, num_samples: int, batch: int) -> tuple:
+    """(digits FD of num_samples samples, NFE per sample) with config.sampling overridden."""
+    config = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+        config.sampling[key] = value
+    sampler = inference.Sampler(config, restorer.sde, restorer.eps, restorer.model,
+                                restorer.mesh, n=batch)
+    images, nfe = [], 0
+    for r in range(num_samples // batch):
+        x, nfe = sampler(params, jax.random.PRNGKey(1000 + r))  # the same draws for every row
+        images.append(logging_utils.to_uint8(np.asarray(x)))
+    samples = np.concatenate(images).astype(np.float32) / 255.0
+    return float(stats.evaluate_samples(samples, None, "digits")["digits_fd"]), nfe
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--methods", default="dpm_solver++,unipc,ipndm")
+    p.add_argument("--nfes", default="5,10,20")
+    p.add_argument("--num_samples", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--draws", type=int, default=128)
+    p.add_argument("--ode", action="store_true", help="add the adaptive ODE reference row")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+
+    config = load_config(args.config)
+    sampling.add_config_fields(config.sampling)
+    restorer = inference.Restorer(config, args.workdir)
+    state, step = restorer.restore()
+    restorer.close()
+    params = state.ema_params
+    score_fn = inference.model_score_fn(config, restorer.sde, restorer.model, params)
+    d = config.data
+    shape = (args.draws, d.image_size, d.image_size, d.num_channels)
+    grid_dir = os.path.splitext(args.out)[0] + "_grids"
+    rows = []
+
+    def record(row):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        with open(args.out, "w") as f:
+            json.dump({"config": args.config, "checkpoint_step": step,
+                       "num_samples": args.num_samples, "draws": args.draws, "rows": rows},
+                      f, indent=1)
+
+    if args.ode:
+        t = time.time()
+        fd, nfe = digits_fd(config, restorer, params, {"method": "ode"}, args.num_samples,
+                            args.batch)
+        record({"sampler": "ode", "grid": "adaptive", "nfe": nfe, "digits_fd": fd,
+                "sample_s": time.time() - t})
+    for method in args.methods.split(","):
+        for nfe in (int(n) for n in args.nfes.split(",")):
+            base = {"method": method, "nfe": nfe}
+            _, options = sampling.sampler_options_from_config(config, method)
+            options.pop("nfe", None)
+            fd, _ = digits_fd(config, restorer, params, base, args.num_samples, args.batch)
+            record({"sampler": method, "nfe": nfe, "grid": "default", "digits_fd": fd})
+            t = time.time()
+            result = sampling.optimize_grid(score_fn, restorer.sde, shape, method=method,
+                                            nfe=nfe, eps=restorer.eps,
+                                            rng=jax.random.PRNGKey(0), options=options)
+            opt_s = time.time() - t
+            path = os.path.join(grid_dir, f"{method.replace('+', 'p')}_nfe{nfe}.json")
+            grid_files.write_grid_file(path, result.times, sampler=method, nfe=nfe,
+                                       sde=restorer.sde, eps=restorer.eps,
+                                       checkpoint_step=step, **result.record())
+            fd, _ = digits_fd(config, restorer, params, {**base, "grid": f"file:{path}"},
+                              args.num_samples, args.batch)
+            record({"sampler": method, "nfe": nfe, "grid": "optimised", "digits_fd": fd,
+                    "error_before": result.cost_before, "error_after": result.cost_after,
+                    "chosen": min(result.candidates, key=result.candidates.get),
+                    "optimise_s": opt_s, "times": [float(v) for v in result.times]})
+
+
+if __name__ == "__main__":
+    main()
