@@ -151,3 +151,35 @@ def test_the_optimised_grid_lowers_the_error_on_fresh_draws(tmp_path):
 
     before, after = error("quadratic"), error(grid)
     assert after < 0.8 * before, (before, after)
+
+
+@pytest.mark.slow
+def test_optimize_grid_mode_writes_a_grid_that_samples(tmp_path, capsys):
+    """--mode optimize_grid on a tiny trained run: the grid file beside the checkpoints, the
+    printed override, and sampling on it through the config (inference.Sampler)."""
+    from score_sde import inference, main, train
+    from tests import driver_configs
+
+    config = driver_configs.tiny({"training.n_iters": 2, "training.snapshot_freq": 2,
+                                  "training.snapshot_freq_for_preemption": 2,
+                                  "training.eval_freq": 2, "model.num_scales": 10,
+                                  "eval.batch_size": 16})
+    train.train(config, tmp_path)
+    config.sampling.method, config.sampling.nfe = "dpm_solver++", 4
+    path = main.run("optimize_grid", config, str(tmp_path))
+    assert path == tmp_path / "grids" / "dpm_solverpp_nfe4_step2.json"
+    record = json.loads(path.read_text())
+    assert (record["sampler"], record["nfe"], record["checkpoint_step"]) == ("dpm_solver++", 4, 2)
+    assert len(record["times"]) == 5 and record["cost_after"] <= record["cost_before"]
+    assert f"--config.sampling.grid=file:{path}" in capsys.readouterr().out
+
+    config.sampling.grid = f"file:{path}"
+    r = inference.Restorer(config, tmp_path)
+    state, _ = r.restore()
+    r.close()
+    images, nfe = inference.Sampler(config, r.sde, r.eps, r.model, r.mesh, n=8)(
+        state.ema_params, jax.random.PRNGKey(0))
+    assert images.shape == (8, 8, 8, 1) and nfe == 4
+    config.sampling.nfe = 5  # a grid file made for another NFE
+    with pytest.raises(ValueError, match=r"nfe=4 \(4 steps\); this sampler takes 5 steps"):
+        inference.Sampler(config, r.sde, r.eps, r.model, r.mesh, n=8)
