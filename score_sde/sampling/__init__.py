@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 # The sampler modules register their samplers when imported (register_sampler).
-from score_sde.sampling import fast, ode, pc  # noqa: F401
+from score_sde.sampling import fast, ipndm, ode, pc, unipc  # noqa: F401
 from score_sde.sampling.correctors import register_corrector
 from score_sde.sampling.grid_files import PREFIX as GRID_FILE_PREFIX
 from score_sde.sampling.grid_files import check_sampler as check_grid_file_sampler
