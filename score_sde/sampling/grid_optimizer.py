@@ -20,15 +20,19 @@ batch of prior draws x_T (shape[0] of them):
    path cost is the sum of the steps' RMS errors (errors of successive steps add up).
 3. The path of exactly n steps from T to eps of least cost: dynamic programming over the fine
    grid (over pairs (t_k, t_i) of the last two points for second order).
-4. The judge is the sampler itself: its output on each candidate grid (the order-1 and order-2
-   paths and the default grid) against the teacher's endpoint, same draws. The best wins, so
-   the result is never worse than the default on those draws.
+4. Refinement (LD3-style, Tong et al. 2025): the local-cost solver run from the draws on a
+   grid of traced times is differentiable in the grid; Adam on the grid's log-SNR increments
+   (softmax, so the times stay ordered and the ends fixed) lowers its mean square distance to
+   the teacher's endpoint, starting from the better of the default and the DP grid.
+5. The judge is the sampler itself: its output on each candidate grid (default, DP, refined)
+   against the teacher's endpoint, same draws. The best wins, so the result is never worse
+   than the default on those draws.
 
-The order-2 local cost is the step of DPM-Solver++(2M) and the predictor of UniPC; for iPNDM
-(Adams-Bashforth in the noise prediction, up to 4th order) it is a proxy that step 4 checks.
-Cost: one adaptive solve and n_fine + len(default) score calls on the batch, then one sampler
-run per candidate. Heun (two score calls per step) and the adaptive/PC samplers are not
-supported.
+The order-2 local step is DPM-Solver++(2M)'s (UniPC's predictor differs in B(h)); for UniPC's
+corrector and iPNDM (Adams-Bashforth in the noise prediction, up to 4th order) it is a proxy,
+which step 5 checks. Cost: one adaptive solve, n_fine + len(default) score calls, refine_steps
+gradients through nfe score calls, all on the batch of draws, then one sampler run per
+candidate. Heun (two score calls per step) and the adaptive and PC samplers are not supported.
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ def optimize_grid(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, method
     nfe: the sampler's default when None.
     """
     options = dict(options or {})
-    order = _local_order(method)
+    order = _local_order(method, options)
     nfe = int(nfe if nfe is not None else _default(method, "nfe"))
     if nfe < 1:
         raise ValueError(f"optimize_grid: config.sampling.nfe must be >= 1, got {nfe}")
@@ -139,12 +143,15 @@ class _Clock:
         self._last = now
 
 
-def _local_order(method: str) -> int:
+def _local_order(method: str, options: dict) -> int:
+    """The local step's order: the sampler's (its `order` option) up to LOCAL_ORDER."""
     SAMPLERS.lookup(method, field="config.sampling.method")
     if method not in LOCAL_ORDER:
         raise ValueError(f"optimize_grid: config.sampling.method={method!r} is not supported; "
                          f"choose one of {sorted(LOCAL_ORDER)} (one grid step per score call)")
-    return LOCAL_ORDER[method]
+    if "order" not in SAMPLERS.lookup(method).options:
+        return LOCAL_ORDER[method]
+    return min(LOCAL_ORDER[method], int(options.get("order") or _default(method, "order")))
 
 
 def _default(method: str, option: str):
