@@ -46,12 +46,12 @@ def _direct_cost(costs, xs, ms, k, i, j, order):
 
 
 def test_local_costs_are_one_solver_step_from_the_teacher_state():
-    times, xs, ms = _teacher_like(6)
+    times, xs, ms = _teacher_like(9)
     costs = grid_optimizer._LocalCosts(VP, times, xs, ms)
     first, second = costs.first(), costs.second()
-    for i, j in itertools.combinations(range(6), 2):
+    for i, j in itertools.combinations(range(9), 2):
         assert first[i, j] == pytest.approx(_direct_cost(costs, xs, ms, None, i, j, 1), rel=1e-9)
-    for k, i, j in itertools.combinations(range(6), 3):
+    for k, i, j in itertools.combinations(range(9), 3):
         assert second[k, i, j] == pytest.approx(_direct_cost(costs, xs, ms, k, i, j, 2),
                                                 rel=1e-9)
     assert np.isinf(first[3, 2]) and np.isinf(second[2, 1, 4])  # no step back in time
