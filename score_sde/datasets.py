@@ -267,8 +267,9 @@ def _first_readable(files: tuple[str, ...], num_channels: int) -> int | None:
     return None
 
 
-def list_images(base) -> tuple[str, ...]:
-    """The image files under an epath folder (any depth), sorted, as path strings.
+def list_images(base, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> tuple[str, ...]:
+    """The image files (or others, by `suffixes`) under an epath folder (any depth), sorted,
+    as path strings.
 
     fsspec's walk (etils' gs:// backend without TensorFlow) yields its folders without the
     'gs://' prefix, which is put back so that the files are read from the bucket.
@@ -281,7 +282,7 @@ def list_images(base) -> tuple[str, ...]:
         if scheme and not folder.startswith(scheme):
             folder = scheme + folder.lstrip("/")
         files += [f"{folder.rstrip('/')}/{name}" for name in names
-                  if name.lower().endswith(IMAGE_SUFFIXES)]
+                  if name.lower().endswith(suffixes)]
     return tuple(sorted(files))
 
 
@@ -396,7 +397,7 @@ def synthetic_source(path: str, num_channels: int) -> ArraySource:
         raise DatasetNotFoundError(f"{field}: no such file or folder; give an .npz file or a "
                                    "folder of .npz shards or images (e.g. what --mode sample "
                                    "wrote)")
-    shards = [root] if root.is_file() else sorted(root.rglob("*.npz"))
+    shards = [str(root)] if root.is_file() else list_images(root, (".npz",))
     if shards:
         return _npz_samples(shards, field)
     files = list_images(root)
