@@ -160,6 +160,8 @@ def check_output_dir(out: Path, expected: dict) -> None:
             raise FileExistsError(f"config.sampling.output_dir={out} holds sample files but no "
                                   f"{MANIFEST} (not a run of --mode sample, or an older one); "
                                   "give an empty or new folder")
+        if log.is_main():
+            _remove_partial_files(out)
         if found is None and log.is_main():
             probe = out / f".write_test.{uuid.uuid4().hex}"
             probe.write_text("")
@@ -174,6 +176,15 @@ def check_output_dir(out: Path, expected: dict) -> None:
             f"config.sampling.output_dir={out} holds the files of another run (its {MANIFEST} "
             f"differs in {', '.join(diffs[:4])}{' ...' if len(diffs) > 4 else ''}); give "
             "another output_dir, or delete that folder to start again")
+
+
+def _remove_partial_files(out: Path) -> None:
+    """Delete the temporary files of writes that a killed job left unfinished
+    (storage.write_bytes' `.NAME.tmp-*`), so a resumed job ends with exactly the files of an
+    uninterrupted one. Runs before the first collective, so no host is writing yet."""
+    for pattern in (".*.tmp-*", "png/.*.tmp-*", "png/*/.*.tmp-*"):
+        for p in out.glob(pattern):
+            p.unlink(missing_ok=True)
 
 
 def _differences(old, new, prefix: str = "") -> list[str]:

@@ -6,6 +6,12 @@ training to compile); 2 DDIM steps per sample. conftest gives 8 CPU devices.
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -141,3 +147,92 @@ def test_another_runs_folder_and_an_unwritable_one_give_one_clear_error(workdir,
         generate.sample(_config(sampling__output_dir=str(stray)), workdir)
     with pytest.raises(ValueError, match="output_format='jpg'"):
         generate.sample(_config(sampling__output_format="jpg"), workdir)
+
+
+# ----------------------------------------------------------------------------- slow: processes
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu",
+       "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+
+def _main_sample(workdir, out, *extra) -> subprocess.Popen:
+    args = driver_configs.cli(GEN) + [f"--workdir={workdir}", "--mode=sample",
+                                      f"--config.sampling.output_dir={out}", *extra]
+    return subprocess.Popen([sys.executable, "-m", "score_sde.main", *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_gives_the_files_of_an_uninterrupted_job(workdir, tmp_path):
+    many = ("--config.sampling.num_samples=400",)
+    full = _main_sample(workdir, tmp_path / "full", *many)
+    assert full.wait(300) == 0, full.stdout.read()[-3000:]
+    out = tmp_path / "killed"
+    job = _main_sample(workdir, out, *many)
+    try:
+        while job.poll() is None and len(list(out.glob("samples_*.npz"))) < 5:
+            time.sleep(0.05)
+        os.kill(job.pid, signal.SIGKILL)
+    finally:
+        job.wait(60)
+    written = len(list(out.glob("samples_*.npz")))
+    assert 5 <= written < 50, written  # killed in the middle of the job
+    again = _main_sample(workdir, out, *many)
+    text = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, text[-3000:]
+    assert f"{400 - 8 * written} drawn now" in text or f"{392 - 8 * written} drawn now" in text
+    assert _files(out) == _files(tmp_path / "full")
+
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from score_sde import generate, parallel
+    from tests import driver_configs
+
+    pid = int(sys.argv[1])
+    parallel.initialize("127.0.0.1:{port}", num_processes=2, process_id=pid)
+    written = []
+    real = generate.write_shard
+    def recording(out, layout, fmt, images, indices, labels):
+        written.append([int(i) for i in indices])
+        real(out, layout, fmt, images, indices, labels)
+    generate.write_shard = recording
+    generate.sample(driver_configs.tiny({gen!r}), {workdir!r})
+    json.dump(written, open({out!r} + f"/written_{{pid}}.json", "w"))
+""")
+
+
+@pytest.mark.slow
+def test_two_hosts_write_disjoint_shards_of_the_same_samples(workdir, uninterrupted, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two_hosts"
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(root=str(ROOT), port=port, workdir=str(workdir),
+                                    out=str(tmp_path),
+                                    gen={**driver_configs.FAST, **GEN,
+                                         "sampling.output_dir": str(out)}))
+    env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(pid)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for pid in range(2)]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, text in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, text[-3000:]
+    written = [json.loads((tmp_path / f"written_{pid}.json").read_text()) for pid in range(2)]
+    assert written == [[[0, 1, 2, 3], [8, 9, 10, 11]], [[4, 5, 6, 7], [12]]]
+    names = sorted(p.name for p in out.glob("samples_*.npz"))
+    assert names == [f"samples_{i:06d}.npz" for i in (0, 4, 8, 12)]
+    got = np.concatenate([np.load(out / n)["samples"] for n in names]).astype(int)
+    want = np.concatenate([np.load(f)["samples"]
+                           for f in sorted(uninterrupted.glob("samples_*.npz"))]).astype(int)
+    assert np.abs(got - want).max() <= 1  # 2 x 2 devices draw the 8-device samples
+    assert len(list((out / "png").rglob("*.png"))) == 13
+    assert json.loads((out / "manifest.json").read_text())["processes"] == 2
