@@ -79,7 +79,7 @@ def train(ds, steps: int, seed: int, lr: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--synthetic", required=True, help="folder of generated .npz shards")
+    parser.add_argument("--synthetic", help="folder of generated .npz shards")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=1000)
@@ -87,7 +87,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--tag", default="digits_augmentation")
+    parser.add_argument("--render", help="only write the .md table of this results .json")
     args = parser.parse_args()
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(table(results))
+        return
 
     out = ROOT / "benchmarks" / "results"
     weights = out / args.tag
@@ -105,22 +110,28 @@ def main() -> None:
             dc.save_digits_params(path, params)
             logits = dc.DigitsClassifier().apply({"params": params}, jnp.asarray(x_te))["logits"]
             accs.append(float(np.mean(np.argmax(np.asarray(logits), -1) == y_te)))
-            results["train_examples"][name] = [len(ds.source),
-                                               len(ds.synthetic) if ds.synthetic is not None else 0]
+            results["train_examples"][name] = [
+                len(ds.source) if ratio < 1 else 0,
+                len(ds.synthetic) if ds.synthetic is not None else 0]
             print(f"{name} seed {seed}: test accuracy {accs[-1]:.4f} ({time.time() - start:.0f} "
                   f"s; real {len(ds.source)}, synthetic per batch {ds.num_synthetic})",
                   flush=True)
         results["accuracy"][name] = accs
     (out / f"{args.tag}.json").write_text(json.dumps(results, indent=1))
-    lines = ["| training data | real / generated examples | test accuracy (mean ± std, "
-             f"{args.seeds} seeds) | per seed |", "|---|---|---|---|"]
+    (out / f"{args.tag}.md").write_text(table(results))
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    """The markdown table of a results dict (`--render JSON` writes it again)."""
+    lines = ["| training data | real / generated examples | test accuracy (mean ± std over "
+             f"{results['args']['seeds']} seeds) | per seed |", "|---|---|---|---|"]
     for name, accs in results["accuracy"].items():
         real, synth = results["train_examples"][name]
         lines.append(f"| {name} | {real} / {synth} | {100 * np.mean(accs):.1f} ± "
                      f"{100 * np.std(accs):.1f} % | "
                      + ", ".join(f"{100 * a:.1f}" for a in accs) + " |")
-    (out / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

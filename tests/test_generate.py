@@ -50,6 +50,25 @@ def workdir(tmp_path_factory):
     return workdir
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compiled_once():
+    """One compiled sampler per (batch size, mesh) for the whole module: the in-process runs
+    differ only in their output folders, and compiling is most of their time."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generate, "IndexedSampler", _cached_sampler)
+        yield
+
+
+_SAMPLERS = {}
+
+
+def _cached_sampler(config, sde, eps, model, mesh, batch_size):
+    key = (batch_size, mesh.devices.size, config.seed)
+    if key not in _SAMPLERS:
+        _SAMPLERS[key] = sample_shards.IndexedSampler(config, sde, eps, model, mesh, batch_size)
+    return _SAMPLERS[key]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(workdir, tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "samples"
