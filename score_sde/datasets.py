@@ -559,7 +559,7 @@ class Pipeline:
         if not self.shuffle and not self.pad_last and len(self.source) < self.global_batch:
             raise ValueError(f"the split has {len(self.source)} examples, fewer than one batch "
                              f"of {self.global_batch}; lower the batch size")
-        self._perms: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
+        self._perms: dict[int | tuple[int, int], np.ndarray] = {}
         self.num_synthetic = 0  # synthetic examples in each global batch (training only)
         if self.synthetic is not None and self.shuffle:
             if not 0.0 < self.synthetic_ratio <= 1.0:
@@ -584,7 +584,7 @@ class Pipeline:
         """Example `ordinal` of an endless walk through per-epoch permutations of n examples
         (one walk per `stream`: the real data's is (), the synthetic data's (4,))."""
         epoch = ordinal // n
-        key = (stream, epoch)
+        key = (*stream, epoch) if stream else epoch
         if key not in self._perms:
             if len(self._perms) > 4:
                 self._perms.pop(next(iter(self._perms)))
@@ -611,6 +611,10 @@ class Pipeline:
             return self.synthetic, self._walk(ordinal, len(self.synthetic), (4,))
         ordinal = step * (self.global_batch - self.num_synthetic) + place - before
         return self.source, self._walk(ordinal, len(self.source))
+
+    def _index(self, position: int) -> int:
+        """The index of a position's example in its source (`_locate`)."""
+        return self._locate(position)[1]
 
     def _read(self, position: int, skipped: list[str]) -> tuple[dict[str, Any], int]:
         """The example of a position (or under 'skip' a substitute for a corrupt one) and the
