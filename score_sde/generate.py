@@ -127,7 +127,7 @@ def manifest(config, workdir, step: int, layout: ShardLayout, fmt: str) -> dict:
         "noise": f"sample i: jax.random.fold_in(jax.random.PRNGKey(seed + {NOISE_STREAM}), i)",
         "sampler": {"method": method, **{k: _plain(v) for k, v in options.items()}},
         "guidance_scale": guidance_scale(config),
-        "class_labels": None if table is None else "sample i: table[i % len(table)]",
+        "class_labels": None if table is None else "sample i: label_table[i % len(label_table)]",
         "label_table": None if table is None else [int(c) for c in table],
         "output_format": fmt,
         "batch_size": layout.batch_size,
