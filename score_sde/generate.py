@@ -62,8 +62,9 @@ def sample(config, workdir: str | Path, eval_folder: str = "eval") -> Path:
         state, step = r.restore(r.chosen_step())
         out = storage.path(s.get("output_dir", "") or
                            Path(workdir) / eval_folder / f"samples_step_{step}")
-        check_output_dir(out, manifest(config, workdir, step, layout, fmt))
+        # built (not compiled) first: a bad batch size or class label stops before any file
         sampler = IndexedSampler(config, r.sde, r.eps, r.model, r.mesh, layout.batch_size)
+        check_output_dir(out, manifest(config, workdir, step, layout, fmt))
         log.say(f"Sampling {layout.num_samples} images from the checkpoint at step {step} "
                 f"with config.sampling.method={config.sampling.method!r} into {out}")
         start = time.perf_counter()

@@ -166,6 +166,12 @@ def test_another_runs_folder_and_an_unwritable_one_give_one_clear_error(workdir,
         generate.sample(_config(sampling__output_dir=str(stray)), workdir)
     with pytest.raises(ValueError, match="output_format='jpg'"):
         generate.sample(_config(sampling__output_format="jpg"), workdir)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match=r"config.sampling.batch_size=12 must be a positive "
+                                         r"multiple of the number of devices \(8"):
+        generate.sample(_config(sampling__output_dir=str(fresh), sampling__batch_size=12),
+                        workdir)
+    assert not fresh.exists()  # nothing written: the corrected job starts afresh
 
 
 # ----------------------------------------------------------------------------- slow: processes
