@@ -18,11 +18,13 @@ For other JAX code (every fixed-step sampler: pc, ddim, heun, dpm_solver++, unip
     decreasing or outside [eps, T]: a ValueError. The built sampler's times are `sample.ts`.
   * `sample(rng, score_fn, x_init=x)`: start from the given state x at ts[0] (shape = the
     sampler's shape) instead of a prior draw; the sampler's own noise is the same either way.
-    The adaptive 'ode' sampler takes x_init too.
   * `sample(rng, score_fn, return_path=True) -> (x, nfe, path)`: path[k] is the state at ts[k]
     (the noise-free x_mean where the sampler returns that, e.g. PC with noise_removal), shape
     (len(ts), *shape) with path[0] the start and path[-1] == x; heun's is (len(ts) + 1, *shape),
     its last state at noise 0.
+The adaptive 'ode' sampler takes all three too: it solves from ts[0] to ts[-1] (a fixed-step
+solve, nfe given, steps to each time of ts) and its path is the solution at ts (default
+ts = [T, eps]).
 """
 
 from __future__ import annotations
