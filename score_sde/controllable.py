@@ -10,11 +10,12 @@ pixel mask; colorization: the grey direction of the channels) are solved as publ
 step the known part is replaced by the observation perturbed to the current time,
 x_known_t = alpha_t x_known + sigma_t z. Every fixed-step sampler takes such a merge as its
 `project` argument (after the prior draw and after each update): 'pc' (any predictor and
-corrector), 'ddim', 'heun', 'dpm_solver++'. The adaptive ODE solver has no fixed steps to merge
-at. The replacement is the published approximation: it uses the joint score with the known part
-plugged in, not the conditional score (which has an extra term grad_u log p(x_known_0 | x_t));
-Langevin correctors at the last, low-noise steps pull the unknown part towards the exact
-conditional, the corrector-free samplers keep a bias (tests/test_controllable.py measures both).
+corrector), 'ddim', 'heun', 'dpm_solver++', 'unipc', 'ipndm'. The adaptive ODE solver has
+no fixed steps to merge at. The replacement is the published approximation: it uses the joint
+score with the known part plugged in, not the conditional score (which has an extra term
+grad_u log p(x_known_0 | x_t)); Langevin correctors at the last, low-noise steps pull the
+unknown part towards the exact conditional, the corrector-free samplers keep a bias
+(tests/test_controllable.py measures both).
 
 SDEdit (Meng et al. 2022) perturbs a guide image to t0 and solves back with a fixed-step sampler
 or the ODE: the sampler's own times below t0 (`ts`) from the perturbed guide (`x_init`).
