@@ -117,13 +117,16 @@ def test_unipc3_converges_at_order_four_with_one_score_call_per_step():
 # The published weights are those of equal steps, so the order shows on a grid uniform in rho
 # (on a non-uniform grid they are of order 2: measured slope 2.0 for p = 2, 3, 4 on 'quadratic').
 # From rho = 10 (x_init: the data perturbed there; a uniform rho grid from VP's rho_T = 156 would
-# need hundreds of steps to resolve the data's scale), to eps. Measured RMS errors @10/20/40/80:
-#   p=1: slope 1.0;  p=2: slope 1.9-2.0
-#   p=3: 1.8e-1 5.6e-2 9.7e-3 9.0e-4 (1.7, 2.5, 3.4)
-#   p=4: 1.5e-1 3.8e-2 2.6e-3 4.6e-4 (2.0, 3.9, 2.5)
-# At these NFE the high orders are not yet in their asymptotic range (float64 numpy gives the
-# same numbers: the error terms of the first-order warm start and of AB-p partly cancel), so
-# the test checks the fitted slope over 20 -> 80 against p - 0.9 for p >= 3 and p - 0.3 below.
+# need hundreds of steps to resolve the data's scale), to eps. Measured RMS errors @10/20/40/80,
+# step slopes and the slope fitted over 20 -> 80:
+#   p=1: 3.1e-1 1.7e-1 9.1e-2 4.7e-2 (0.8, 0.9, 1.0) fitted 0.94
+#   p=2: 2.2e-1 9.0e-2 2.8e-2 7.7e-3 (1.3, 1.7, 1.9) fitted 1.78
+#   p=3: 1.8e-1 5.6e-2 9.7e-3 9.0e-4 (1.7, 2.5, 3.4) fitted 2.97
+#   p=4: 1.5e-1 3.8e-2 2.6e-3 4.6e-4 (2.0, 3.9, 2.5) fitted 3.19
+# At these NFE the orders are not yet in their asymptotic range (float64 numpy gives the same
+# numbers: the error terms of the first-order warm start and of AB-p partly cancel), so the
+# test checks the fitted slope against 0.75 p (well above 2 for p = 3, 4: a wrong weight
+# would leave them at 1 or 2).
 IPNDM_NFES = (20, 40, 80)
 
 
@@ -136,13 +139,13 @@ def rho_start_time(rho: float) -> float:
 def test_ipndm_converges_at_its_order_on_a_uniform_rho_grid(order):
     errs = errors("ipndm", IPNDM_NFES, "rho", rho_start_time(10.0), order=order)
     fitted = np.polyfit(np.log(IPNDM_NFES), -np.log(errs), 1)[0]
-    assert fitted >= order - (0.9 if order >= 3 else 0.3), (errs, fitted)
+    assert fitted >= 0.75 * order, (errs, fitted)
 
 
 def test_ipndm4_converges_faster_than_second_order_with_one_score_call_per_step():
     nfes = (20, 80)
     errs = errors("ipndm", nfes, "rho", rho_start_time(10.0), order=4)
-    assert slopes(errs, nfes)[0] >= 3.1, errs
+    assert slopes(errs, nfes)[0] >= 3.0, errs  # measured 3.19
 
 
 # --- ts, x_init, return_path ------------------------------------------------------------------
