@@ -6,10 +6,25 @@ score calls. The fixed-step ones also take `sample(rng, score_fn, project)`, a h
 `project(rng, x, x_mean, t) -> (x, x_mean)` applied after the prior draw and every update
 (inpainting and colorization merge their observation with it: score_sde.controllable).
 Methods: 'pc' (predictor-corrector), 'ode' (probability flow, diffrax), 'ddim', 'heun' (EDM),
-'dpm_solver++'. Pass `sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the
-batch out over devices. A new sampler is one function decorated with
-`@register_sampler(name, merges=...)`: its keyword options become config.sampling fields
-(score_sde.sampling.registry).
+'dpm_solver++', 'unipc' (UniPC, orders 1-3) and 'ipndm' (iPNDM, orders 1-4). Pass
+`sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the batch out over devices. A new
+sampler is one function decorated with `@register_sampler(name, merges=...)`: its keyword
+options become config.sampling fields (score_sde.sampling.registry).
+
+For other JAX code (every fixed-step sampler: pc, ddim, heun, dpm_solver++, unipc, ipndm):
+  * `ts=` at build time: an explicit strictly decreasing array of times inside [eps, T]; it
+    overrides grid / nfe / n_steps (the sampler takes len(ts) - 1 steps; heun takes the len(ts)
+    points as its grid plus the last step to noise 0). Too short for the order, not strictly
+    decreasing or outside [eps, T]: a ValueError. The built sampler's times are `sample.ts`.
+  * `sample(rng, score_fn, x_init=x)`: start from the given state x at ts[0] (shape = the
+    sampler's shape) instead of a prior draw; the sampler's own noise is the same either way.
+  * `sample(rng, score_fn, return_path=True) -> (x, nfe, path)`: path[k] is the state at ts[k]
+    (the noise-free x_mean where the sampler returns that, e.g. PC with noise_removal), shape
+    (len(ts), *shape) with path[0] the start and path[-1] == x; heun's is (len(ts) + 1, *shape),
+    its last state at noise 0.
+The adaptive 'ode' sampler takes all three too: it solves from ts[0] to ts[-1] (a fixed-step
+solve, nfe given, steps to each time of ts) and its path is the solution at ts (default
+ts = [T, eps]).
 
 `optimize_grid` fits a sampler's time grid to a model (score_sde.sampling.grid_optimizer);
 grid='file:PATH' samples on such a stored grid (score_sde.sampling.grid_files).
@@ -122,9 +137,13 @@ def class_labels_from_config(config, n: int,
 
 
 def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
-                            sharding=None) -> Sampler:
-    """The sampler named by config.sampling.method, with its options from config.sampling."""
+                            sharding=None, **overrides) -> Sampler:
+    """The sampler named by config.sampling.method, with its options from config.sampling.
+
+    overrides: options that win over the config's (e.g. ts= from SDEdit).
+    """
     method, options = sampler_options_from_config(config)
-    if str(options.get("grid", "")).startswith(GRID_FILE_PREFIX):  # made for one sampler
-        check_grid_file_sampler(options["grid"][len(GRID_FILE_PREFIX):], method)
+    options = {**options, **overrides}
+    if str(options.get("grid", "")).startswith(GRID_FILE_PREFIX) and options.get("ts") is None:
+        check_grid_file_sampler(options["grid"][len(GRID_FILE_PREFIX):], method)  # one sampler's
     return get_sampler(method, sde, shape, eps=eps, sharding=sharding, **options)
