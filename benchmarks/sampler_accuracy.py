@@ -283,6 +283,8 @@ def transfer(datasets, args) -> list[dict]:
                                      x_ode, fd_ode)
                 if row is not None:
                     rows.append(dict(data=dname, sde=sname, **row))
+            if args.partial:  # what is done so far, for long runs
+                Path(args.partial).write_text(json.dumps(dict(rows=rows)))
     return rows
 
 
@@ -595,6 +597,7 @@ def main(argv=None):
     p.add_argument("--candidates", default="default",
                    help="grid candidates: default, GRID or GRID+range (comma-separated)")
     p.add_argument("--ode-tol", type=float, default=1e-5, help="the reference ODE's rtol, atol")
+    p.add_argument("--partial", default="", help="transfer: rewrite this JSON after each SDE")
     p.add_argument("--tag", default="sampler_accuracy", help="output file stem")
     p.add_argument("--out", default=str(RESULTS), help="output folder")
     args = p.parse_args(argv)

@@ -21,7 +21,7 @@ import ml_collections
 # The sampler modules register their samplers when imported (register_sampler).
 from score_sde.sampling import fast, ode, pc  # noqa: F401
 from score_sde.sampling.correctors import register_corrector
-from score_sde.sampling.grids import get_time_grid, register_grid
+from score_sde.sampling.grids import get_time_grid, image_noise_range, register_grid
 from score_sde.sampling.predictors import register_predictor
 from score_sde.sampling.registry import (
     MERGE_SAMPLERS,
@@ -114,8 +114,35 @@ def class_labels_from_config(config, n: int,
     return jnp.asarray(chosen, jnp.int32)[jnp.arange(n) % len(chosen)]
 
 
+# Samplers that, when config.sampling.sigma_range is unset, take the noise range of the
+# config's image data (grids.image_noise_range; benchmarks/README.md "Grids that transfer").
+DATA_RANGE_SAMPLERS = ("ddim", "dpm_solver++", "unipc", "ipndm")
+
+
+def config_noise_range(config) -> tuple[float, float] | None:
+    """grids.image_noise_range of config.data (centered, image_size, num_channels), or None
+    when the config does not describe image data."""
+    data = config.get("data")
+    fields = ("centered", "image_size", "num_channels")
+    if data is None or any(data.get(f) is None for f in fields):
+        return None
+    return image_noise_range(bool(data.centered), int(data.image_size), int(data.num_channels))
+
+
 def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
                             sharding=None) -> Sampler:
-    """The sampler named by config.sampling.method, with its options from config.sampling."""
+    """The sampler named by config.sampling.method, with its options from config.sampling.
+
+    The samplers of DATA_RANGE_SAMPLERS without a config.sampling.sigma_range get the data's
+    noise range (config_noise_range), unless the budget is too small to spend steps outside
+    it; then, as in Python, the SDE's whole noise range.
+    """
     method, options = sampler_options_from_config(config)
+    derived = config_noise_range(config) if method in DATA_RANGE_SAMPLERS else None
+    if derived is not None and options.get("sigma_range") is None:
+        try:
+            return get_sampler(method, sde, shape, eps=eps, sharding=sharding,
+                               **{**options, "sigma_range": derived})
+        except ValueError:  # e.g. too few steps for the range's own end steps
+            pass
     return get_sampler(method, sde, shape, eps=eps, sharding=sharding, **options)

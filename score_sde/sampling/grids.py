@@ -34,6 +34,26 @@ def grid_names() -> list[str]:
     return _GRIDS.names()
 
 
+# EDM's noise range for CIFAR-10 in [-1, 1] (32 x 32 x 3 values): Karras et al. 2022, Table 1.
+EDM_RANGE, EDM_WIDTH, EDM_DIM = (0.002, 80.0), 2.0, 32 * 32 * 3
+
+
+def image_noise_range(centered: bool, image_size: int, num_channels: int) -> tuple[float, float]:
+    """The noise range (sigma / alpha) of image data, from its value range and size.
+
+    EDM's (0.002, 80) for CIFAR-10 in [-1, 1], scaled to the data: both ends with the width of
+    the value range (2 if centered in [-1, 1], 1 for [0, 1]: 0.001 is a quarter of a 8-bit
+    level), the top also with sqrt(number of values) (distances between images grow as
+    sqrt(D)). E.g. [-1, 1]: 32 x 32 x 3 (0.002, 80), 8 x 8 x 1 (0.002, 11.5), 256 x 256 x 3
+    (0.002, 640); [0, 1]: 32 x 32 x 3 (0.001, 40). get_time_grid clips it to the SDE's range.
+    """
+    width = 2.0 if centered else 1.0
+    dim = int(image_size) ** 2 * int(num_channels)
+    lo = EDM_RANGE[0] * width / EDM_WIDTH
+    hi = EDM_RANGE[1] * width / EDM_WIDTH * float(np.sqrt(dim / EDM_DIM))
+    return lo, hi
+
+
 def get_time_grid(name: str, sde: SDE, n_steps: int, eps: float,
                   sigma_range: tuple[float, float] | None = None) -> np.ndarray:
     """n_steps + 1 decreasing times from sde.T to eps (float32 numpy), see sigma_range above."""
