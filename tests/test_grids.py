@@ -1,0 +1,58 @@
+"""The noise range a config's image data gives the fixed-step samplers (issue 17, item 3)."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from score_sde import sde_lib
+from score_sde.sampling import get_sampler, get_sampler_from_config
+from score_sde.sampling.grids import image_noise_range
+
+SCORE = lambda x, t: -x  # noqa: E731  (any score: the tests compare samplers, not accuracy)
+
+
+@pytest.mark.parametrize("centered,size,channels,expected", [
+    (True, 32, 3, (0.002, 80.0)),                              # EDM's CIFAR-10 range
+    (False, 32, 3, (0.001, 40.0)),                             # [0, 1]: half of it
+    (True, 8, 1, (0.002, 80.0 * np.sqrt(64 / 3072))),          # digits: 11.55
+    (True, 256, 3, (0.002, 640.0)),                            # 8x the side, 8x the top
+])
+def test_image_noise_range_is_edm_scaled_to_the_data(centered, size, channels, expected):
+    np.testing.assert_allclose(image_noise_range(centered, size, channels), expected,
+                               rtol=1e-12)
+
+
+def _config(method: str, centered: bool | None = True, **sampling) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.sampling = ml_collections.ConfigDict(dict(method=method, **sampling))
+    config.data = ml_collections.ConfigDict(dict(image_size=8, num_channels=1,
+                                                 centered=centered))
+    return config
+
+
+def _draw(sample) -> np.ndarray:
+    return np.asarray(sample(jax.random.PRNGKey(0), SCORE)[0])
+
+
+def test_config_samplers_use_the_data_noise_range():
+    """dpm_solver++ from a digits-like config ([-1, 1], 8 x 8 x 1) samples on the grid of
+    sigma_range = (0.002, 11.55); an explicit config.sampling.sigma_range wins; PC keeps its
+    published grid; a budget too small for the range's end steps falls back to the SDE's."""
+    sde, shape, eps = sde_lib.VPSDE(), (3, 2), 1e-3
+    derived = image_noise_range(True, 8, 1)
+
+    def same(config, **options):
+        got = _draw(get_sampler_from_config(config, sde, shape, eps))
+        want = _draw(get_sampler(config.sampling.method, sde, shape, eps=eps, **options))
+        np.testing.assert_array_equal(got, want)
+        return got
+
+    ranged = same(_config("dpm_solver++", nfe=4), nfe=4, sigma_range=derived)
+    plain = _draw(get_sampler("dpm_solver++", sde, shape, eps=eps, nfe=4))
+    assert np.abs(ranged - plain).max() > 1e-4  # the range changed the grid
+    same(_config("dpm_solver++", nfe=4, sigma_range=(0.1, 5.0)), nfe=4, sigma_range=(0.1, 5.0))
+    same(_config("dpm_solver++", nfe=4, centered=None), nfe=4)  # no data scale: SDE-only
+    same(_config("dpm_solver++", nfe=1), nfe=1)  # 1 step: the head step T -> 11.5 leaves none
