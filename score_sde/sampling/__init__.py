@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 # The sampler modules register their samplers when imported (register_sampler).
-from score_sde.sampling import fast, ode, pc  # noqa: F401
+from score_sde.sampling import fast, ipndm, ode, pc, unipc  # noqa: F401
 from score_sde.sampling.correctors import register_corrector
 from score_sde.sampling.grids import get_time_grid, image_noise_range, register_grid
 from score_sde.sampling.predictors import register_predictor
