@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde.registry import Registry
-from score_sde.sde_lib import SDE
+from score_sde.sde_lib import SDE, VPSDE
 
 GridFn = Callable[[SDE, int, float, float], np.ndarray]  # (sde, n, t_start, t_end)
 _GRIDS: Registry[GridFn] = Registry("time grid", field="grid")
@@ -118,3 +118,29 @@ def karras(sde: SDE, n: int, t_start: float, t_end: float, rho: float = 7.0) -> 
     ramp = np.linspace(0.0, 1.0, n + 1)
     sig = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     return _t_from_log_snr(sde, -np.log(sig))
+
+
+# The reference clock of the 'vp_*' grids: the published VP SDE (beta 0.1..20, unit-scale data).
+_VP = VPSDE()
+
+
+def _vp_clock(sde: SDE, n: int, t_start: float, t_end: float, power: float) -> np.ndarray:
+    """Points spaced as t^power of the VP SDE's time between the VP times of the noise levels
+    at t_start and t_end, carried to `sde` through the noise level sigma / alpha."""
+    lam = np.array([_log_snr(sde, t_start), _log_snr(sde, t_end)])
+    t_vp = _t_from_log_snr(_VP, lam)  # beyond VP's top (e.g. VE 1348) this is t > 1
+    t_grid = t_vp[1] + (t_vp[0] - t_vp[1]) * np.linspace(1.0, 0.0, n + 1) ** power
+    lam_grid = np.asarray(_VP.log_snr(jnp.asarray(t_grid, jnp.float32)), np.float64)
+    return _t_from_log_snr(sde, lam_grid)
+
+
+@register_grid("vp_uniform")
+def vp_uniform(sde: SDE, n: int, t_start: float, t_end: float) -> np.ndarray:
+    """The VP SDE's 'uniform' grid on any SDE (the same noise levels)."""
+    return _vp_clock(sde, n, t_start, t_end, 1.0)
+
+
+@register_grid("vp_quadratic")
+def vp_quadratic(sde: SDE, n: int, t_start: float, t_end: float) -> np.ndarray:
+    """The VP SDE's 'quadratic' grid on any SDE (the same noise levels)."""
+    return _vp_clock(sde, n, t_start, t_end, 2.0)
