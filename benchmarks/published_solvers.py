@@ -43,7 +43,6 @@ import sampler_accuracy as sa  # noqa: E402  (the problems, SDEs and distances)
 from score_sde import analytic, sde_lib  # noqa: E402
 from score_sde.sampling.common import prior_sample  # noqa: E402
 
-OURS = ("dpm_solver++", "unipc", "ipndm", "ddim", "heun")
 KDIFF = ("kd_dpmpp_2m", "kd_dpmpp_3m", "kd_heun", "kd_lms")
 DIFFUSERS = ("df_unipc", "df_dpmpp_2m", "df_deis", "df_unipc_karras", "df_dpmpp_2m_karras",
              "df_deis_karras")
@@ -146,7 +145,9 @@ def main(argv=None):
     p.add_argument("--data", default="2d,64d,curve64,2d_x0.05,2d_x20")
     p.add_argument("--sdes", default="vp,ve1348,edm")
     p.add_argument("--nfes", default="5,10")
-    p.add_argument("--ours", default="dpm_solver++,ddim,heun")
+    p.add_argument("--ours", default="dpm_solver++,unipc,ipndm,dpm_solver++@range,unipc@range,"
+                   "ipndm@range", help="our samplers; NAME@range: with the data's noise range "
+                   "(what a config that knows the data's scale gives)")
     p.add_argument("--solvers", default=",".join(KDIFF + DIFFUSERS))
     p.add_argument("--tag", default="published_solvers")
     p.add_argument("--out", default=str(sa.RESULTS))
@@ -176,8 +177,11 @@ def main(argv=None):
                         x, used = run_kdiffusion(solver, data, sde, eps, x_t, budget)
                     elif solver.startswith("df_"):
                         x, used = run_diffusers(solver, data, x_t, budget)
-                    else:
-                        x, used = sa.draw(data, sde, eps, solver, dict(nfe=budget), n * seeds, 11)
+                    else:  # ours, on its default grid; '@range': with the data's range
+                        name, _, ranged = solver.partition("@")
+                        options = dict(nfe=budget, sigma_range=sa.noise_range(data)
+                                       if ranged else None)
+                        x, used = sa.draw(data, sde, eps, name, options, n * seeds, 11)
                     err = fd_of(x) - fd_ode
                     rows.append(dict(kind="solver", data=dname, sde=sname, solver=solver,
                                      budget=budget, nfe=used, err=float(err.mean()),

@@ -454,6 +454,8 @@ def transfer_verdicts(rows, metric: str = "err") -> dict:
 
     A candidate passes a cell when its error is at most twice the cell's best, or at most the
     floor's std (metric 'err': FD differences below it are on the floor); 'rms' uses 2x only.
+    The best of an SDE-only grid's cell is the best SDE-only grid; of a '+range' one, the best
+    of all.
     """
     floors = {r["data"]: r["fd"][1] for r in rows if r["kind"] == "floor"}
     out: dict = {}
@@ -461,8 +463,12 @@ def transfer_verdicts(rows, metric: str = "err") -> dict:
         tol = floors.get(key[1], 0.0) if metric == "err" else 0.0
         vals = {c: max(r[metric], 0.0) if np.isfinite(r[metric]) else np.inf
                 for c, r in by.items()}
-        best = min(vals.values())
+        # Without the data's range a sampler can only use the SDE-only grids: those compete
+        # among themselves; a '+range' candidate competes with every grid.
+        best_sde_only = min((v for c, v in vals.items() if "+range" not in c), default=np.inf)
+        best_all = min(vals.values())
         for c, v in vals.items():
+            best = best_all if "+range" in c else best_sde_only
             ok, n, worst, where = out.get((key[0], c), (0, 0, 0.0, None))
             ratio = v / max(best, tol, 1e-12)
             out[(key[0], c)] = (ok + (v <= max(2 * best, tol)), n + 1,
@@ -477,7 +483,9 @@ def transfer_markdown(rows) -> str:
              "(the floor cancels); rms = RMS distance of the samples to the ODE's own.", ""]
     verdicts = {m: transfer_verdicts(rows, m) for m in ("err", "rms")}
     lines += ["## Candidates: cells within 2x the best candidate (FD error, or on the floor: "
-              "below the floor's std) | the same by rms; worst ratio (data, SDE, NFE)", "",
+              "below the floor's std) | the same by rms; worst ratio (data, SDE, NFE). "
+              "SDE-only grids are compared with the best SDE-only grid, '+range' ones "
+              "(the data's noise range) with the best of all.", "",
               "| sampler | candidate | FD error: cells ok | worst | rms: cells ok | worst |",
               "|---|---|---|---|---|---|"]
     for (sampler, cand), (ok, n, worst, where) in sorted(verdicts["err"].items()):
@@ -598,6 +606,11 @@ def main(argv=None):
                    help="grid candidates: default, GRID or GRID+range (comma-separated)")
     p.add_argument("--ode-tol", type=float, default=1e-5, help="the reference ODE's rtol, atol")
     p.add_argument("--partial", default="", help="transfer: rewrite this JSON after each SDE")
+    p.add_argument("--merge", default="",
+                   help="transfer: no run; the tables of these JSON results (comma-separated)")
+    p.add_argument("--default-was", default="",
+                   help="merge: the named grid each sampler's 'default' was in those runs, "
+                        "e.g. ddim=uniform,dpm_solver++=quadratic")
     p.add_argument("--tag", default="sampler_accuracy", help="output file stem")
     p.add_argument("--out", default=str(RESULTS), help="output folder")
     args = p.parse_args(argv)
@@ -610,6 +623,9 @@ def main(argv=None):
     # 1000-NFE runs only for the SDE samplers the targets name (keeps the run < 15 min).
     args.max_nfe = {s: 100 for s in SAMPLERS if s not in ("euler_maruyama", "dpm_solver++")}
     datasets = {k: v for k, v in make_datasets().items() if k in args.data.split(",")}
+    if args.merge:
+        was = dict(kv.split("=") for kv in args.default_was.split(",") if kv)
+        return merge_transfer(args.merge.split(","), Path(args.out), args.tag, was)
     if args.transfer:
         return run_transfer(datasets, args)
 
@@ -627,6 +643,27 @@ def main(argv=None):
     if rows:
         plot(rows, out / f"{args.tag}.png")
     print(f"done in {time.time() - t0:.0f}s -> {out}/{args.tag}.*")
+
+
+def merge_transfer(paths: list[str], out: Path, tag: str, default_was: dict | None = None):
+    """One table from several transfer runs (the first row of each floor / ODE / cell wins:
+    runs with the same --n, --seeds and prior draws agree on them). default_was renames each
+    sampler's 'default' rows to the grid that default was (runs before a change of defaults)."""
+    rows, seen = [], set()
+    for path in paths:
+        for r in json.loads(Path(path).read_text())["rows"]:
+            if r.get("candidate") == "default" and r["sampler"] in (default_was or {}):
+                r = dict(r, candidate=default_was[r["sampler"]])
+            key = (r["kind"], r["data"], r.get("sde"), r.get("sampler"), r.get("budget"),
+                   r.get("candidate"))
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps(dict(meta=dict(merged=paths), rows=rows),
+                                                indent=1))
+    (out / f"{tag}.md").write_text(transfer_markdown(rows))
+    print(f"{len(rows)} rows -> {out}/{tag}.*")
 
 
 def run_transfer(datasets, args):
