@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from score_sde import sde_lib
-from score_sde.sampling import get_sampler, get_sampler_from_config
+from score_sde.sampling import get_sampler, get_sampler_from_config, get_time_grid
 from score_sde.sampling.grids import image_noise_range
 
 SCORE = lambda x, t: -x  # noqa: E731  (any score: the tests compare samplers, not accuracy)
@@ -56,3 +57,19 @@ def test_config_samplers_use_the_data_noise_range():
     same(_config("dpm_solver++", nfe=4, sigma_range=(0.1, 5.0)), nfe=4, sigma_range=(0.1, 5.0))
     same(_config("dpm_solver++", nfe=4, centered=None), nfe=4)  # no data scale: SDE-only
     same(_config("dpm_solver++", nfe=1), nfe=1)  # 1 step: the head step T -> 11.5 leaves none
+
+
+@pytest.mark.parametrize("name,plain", [("vp_uniform", "uniform"), ("vp_quadratic", "quadratic")])
+def test_vp_grids_carry_the_vp_noise_levels_to_every_sde(name, plain):
+    """On VP they are VP's own grids; on EDM's SDE (sigma 0.002..80, inside VP's range) the
+    same spacing of VP time runs between VP's times of those two noise levels."""
+    vp = sde_lib.VPSDE()
+    np.testing.assert_allclose(get_time_grid(name, vp, 8, 1e-3),
+                               get_time_grid(plain, vp, 8, 1e-3), atol=2e-7)
+    edm = sde_lib.EDMSDE()
+    sig = get_time_grid(name, edm, 8, 0.002).astype(np.float64)  # EDM: t = sigma
+    t_vp = np.asarray(vp.t_from_log_snr(jnp.asarray(-np.log(sig), jnp.float32)), np.float64)
+    u = (t_vp - t_vp[-1]) / (t_vp[0] - t_vp[-1])
+    power = 1.0 if plain == "uniform" else 2.0
+    np.testing.assert_allclose(u, np.linspace(1.0, 0.0, 9) ** power, atol=2e-4)
+    assert sig[0] == np.float32(80.0) and sig[-1] == np.float32(0.002)
