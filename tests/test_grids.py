@@ -39,9 +39,10 @@ def _draw(sample) -> np.ndarray:
 
 
 def test_config_samplers_use_the_data_noise_range():
-    """dpm_solver++ from a digits-like config ([-1, 1], 8 x 8 x 1) samples on the grid of
-    sigma_range = (0.002, 11.55); an explicit config.sampling.sigma_range wins; PC keeps its
-    published grid; a budget too small for the range's end steps falls back to the SDE's."""
+    """dpm_solver++ from a digits-like config ([-1, 1], 8 x 8 x 1) samples on the 'logsnr'
+    grid of sigma_range = (0.002, 11.55); an explicit config.sampling.sigma_range or grid wins;
+    PC keeps its published grid; a budget too small for the range's end steps falls back to
+    the SDE's."""
     sde, shape, eps = sde_lib.VPSDE(), (3, 2), 1e-3
     derived = image_noise_range(True, 8, 1)
 
@@ -51,10 +52,12 @@ def test_config_samplers_use_the_data_noise_range():
         np.testing.assert_array_equal(got, want)
         return got
 
-    ranged = same(_config("dpm_solver++", nfe=4), nfe=4, sigma_range=derived)
+    ranged = same(_config("dpm_solver++", nfe=4), nfe=4, grid="logsnr", sigma_range=derived)
     plain = _draw(get_sampler("dpm_solver++", sde, shape, eps=eps, nfe=4))
     assert np.abs(ranged - plain).max() > 1e-4  # the range changed the grid
     same(_config("dpm_solver++", nfe=4, sigma_range=(0.1, 5.0)), nfe=4, sigma_range=(0.1, 5.0))
+    same(_config("unipc", nfe=4, grid="karras"), nfe=4, grid="karras", sigma_range=derived)
+    same(_config("pc", n_steps=3), n_steps=3)  # PC: the published grid, no range
     same(_config("dpm_solver++", nfe=4, centered=None), nfe=4)  # no data scale: SDE-only
     same(_config("dpm_solver++", nfe=1), nfe=1)  # 1 step: the head step T -> 11.5 leaves none
 

@@ -115,8 +115,10 @@ def class_labels_from_config(config, n: int,
 
 
 # Samplers that, when config.sampling.sigma_range is unset, take the noise range of the
-# config's image data (grids.image_noise_range; benchmarks/README.md "Grids that transfer").
-DATA_RANGE_SAMPLERS = ("ddim", "dpm_solver++", "unipc", "ipndm")
+# config's image data (grids.image_noise_range), spaced in log-SNR unless config.sampling.grid
+# is set: the best measured with a known range (benchmarks/README.md "Grids that transfer").
+DATA_RANGE_SAMPLERS = ("dpm_solver++", "unipc", "ipndm")
+DATA_RANGE_GRID = "logsnr"
 
 
 def config_noise_range(config) -> tuple[float, float] | None:
@@ -134,15 +136,16 @@ def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float
     """The sampler named by config.sampling.method, with its options from config.sampling.
 
     The samplers of DATA_RANGE_SAMPLERS without a config.sampling.sigma_range get the data's
-    noise range (config_noise_range), unless the budget is too small to spend steps outside
-    it; then, as in Python, the SDE's whole noise range.
+    noise range (config_noise_range) and, without a config.sampling.grid, the 'logsnr' grid
+    over it, unless the budget is too small to spend steps outside the range; then, as in
+    Python, their default grid over the SDE's whole noise range.
     """
     method, options = sampler_options_from_config(config)
     derived = config_noise_range(config) if method in DATA_RANGE_SAMPLERS else None
     if derived is not None and options.get("sigma_range") is None:
+        ranged = {"grid": DATA_RANGE_GRID, **options, "sigma_range": derived}
         try:
-            return get_sampler(method, sde, shape, eps=eps, sharding=sharding,
-                               **{**options, "sigma_range": derived})
+            return get_sampler(method, sde, shape, eps=eps, sharding=sharding, **ranged)
         except ValueError:  # e.g. too few steps for the range's own end steps
             pass
     return get_sampler(method, sde, shape, eps=eps, sharding=sharding, **options)
