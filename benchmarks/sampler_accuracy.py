@@ -645,20 +645,31 @@ def main(argv=None):
     print(f"done in {time.time() - t0:.0f}s -> {out}/{args.tag}.*")
 
 
+# On the VP SDE the 'vp_*' grids are VP's own 'uniform' / 'quadratic' (tests/test_grids.py).
+VP_ALIASES = {"uniform": "vp_uniform", "quadratic": "vp_quadratic"}
+
+
 def merge_transfer(paths: list[str], out: Path, tag: str, default_was: dict | None = None):
     """One table from several transfer runs (the first row of each floor / ODE / cell wins:
     runs with the same --n, --seeds and prior draws agree on them). default_was renames each
-    sampler's 'default' rows to the grid that default was (runs before a change of defaults)."""
+    sampler's 'default' rows to the grid that default was (runs before a change of defaults);
+    VP rows of 'uniform' / 'quadratic' also count as 'vp_uniform' / 'vp_quadratic'."""
     rows, seen = [], set()
+
+    def add(r):
+        key = (r["kind"], r["data"], r.get("sde"), r.get("sampler"), r.get("budget"),
+               r.get("candidate"))
+        if key not in seen:
+            seen.add(key)
+            rows.append(r)
+
     for path in paths:
         for r in json.loads(Path(path).read_text())["rows"]:
             if r.get("candidate") == "default" and r["sampler"] in (default_was or {}):
                 r = dict(r, candidate=default_was[r["sampler"]])
-            key = (r["kind"], r["data"], r.get("sde"), r.get("sampler"), r.get("budget"),
-                   r.get("candidate"))
-            if key not in seen:
-                seen.add(key)
-                rows.append(r)
+            add(r)
+            if r.get("sde") == "vp" and r.get("candidate") in VP_ALIASES:
+                add(dict(r, candidate=VP_ALIASES[r["candidate"]]))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps(dict(meta=dict(merged=paths), rows=rows),
                                                 indent=1))
