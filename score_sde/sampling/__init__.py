@@ -117,7 +117,7 @@ def class_labels_from_config(config, n: int,
 # Samplers that, when config.sampling.sigma_range is unset, take the noise range of the
 # config's image data (grids.image_noise_range), spaced in log-SNR unless config.sampling.grid
 # is set: the best measured with a known range (benchmarks/README.md "Grids that transfer").
-DATA_RANGE_SAMPLERS = ("dpm_solver++", "unipc", "ipndm")
+DATA_RANGE_SAMPLERS = ("dpm_solver++", "ipndm")
 DATA_RANGE_GRID = "logsnr"
 
 
