@@ -177,10 +177,11 @@ def main(argv=None):
                         x, used = run_kdiffusion(solver, data, sde, eps, x_t, budget)
                     elif solver.startswith("df_"):
                         x, used = run_diffusers(solver, data, x_t, budget)
-                    else:  # ours, on its default grid; '@range': with the data's range
-                        name, _, ranged = solver.partition("@")
-                        options = dict(nfe=budget, sigma_range=sa.noise_range(data)
-                                       if ranged else None)
+                    else:  # ours, on its default grid; '@range': 'logsnr' over the data's
+                        name, _, ranged = solver.partition("@")  # range (as from a config)
+                        options = dict(nfe=budget)
+                        if ranged:
+                            options.update(grid="logsnr", sigma_range=sa.noise_range(data))
                         x, used = sa.draw(data, sde, eps, name, options, n * seeds, 11)
                     err = fd_of(x) - fd_ode
                     rows.append(dict(kind="solver", data=dname, sde=sname, solver=solver,
