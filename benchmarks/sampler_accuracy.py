@@ -608,6 +608,7 @@ def main(argv=None):
     p.add_argument("--partial", default="", help="transfer: rewrite this JSON after each SDE")
     p.add_argument("--merge", default="",
                    help="transfer: no run; the tables of these JSON results (comma-separated)")
+    p.add_argument("--plot-candidate", default="", help="merge: plot this candidate's error")
     p.add_argument("--default-was", default="",
                    help="merge: the named grid each sampler's 'default' was in those runs, "
                         "e.g. ddim=uniform,dpm_solver++=quadratic")
@@ -625,7 +626,8 @@ def main(argv=None):
     datasets = {k: v for k, v in make_datasets().items() if k in args.data.split(",")}
     if args.merge:
         was = dict(kv.split("=") for kv in args.default_was.split(",") if kv)
-        return merge_transfer(args.merge.split(","), Path(args.out), args.tag, was)
+        return merge_transfer(args.merge.split(","), Path(args.out), args.tag, was,
+                              args.plot_candidate)
     if args.transfer:
         return run_transfer(datasets, args)
 
@@ -649,7 +651,8 @@ def main(argv=None):
 VP_ALIASES = {"uniform": "vp_uniform", "quadratic": "vp_quadratic"}
 
 
-def merge_transfer(paths: list[str], out: Path, tag: str, default_was: dict | None = None):
+def merge_transfer(paths: list[str], out: Path, tag: str, default_was: dict | None = None,
+                   plot_candidate: str = ""):
     """One table from several transfer runs (the first row of each floor / ODE / cell wins:
     runs with the same --n, --seeds and prior draws agree on them). default_was renames each
     sampler's 'default' rows to the grid that default was (runs before a change of defaults);
@@ -674,6 +677,8 @@ def merge_transfer(paths: list[str], out: Path, tag: str, default_was: dict | No
     (out / f"{tag}.json").write_text(json.dumps(dict(meta=dict(merged=paths), rows=rows),
                                                 indent=1))
     (out / f"{tag}.md").write_text(transfer_markdown(rows))
+    if plot_candidate:
+        transfer_plot(rows, out / f"{tag}.png", plot_candidate)
     print(f"{len(rows)} rows -> {out}/{tag}.*")
 
 
