@@ -7,11 +7,11 @@ An optional `project(rng, x, x_mean, t)` acts on the prior draw and after every 
 sample is then the noise-free x_mean of the last projection.
 
 Default time grids transfer across SDEs (benchmarks/README.md "Grids that transfer": VP, sub-VP,
-VE with sigma_max 50-1348, EDM; five problems of different scales; NFE 5-20): VP's tuned grids
-carried to every SDE through the noise level, DDIM and Heun 'vp_uniform', DPM-Solver++
-'vp_quadratic'. When the data's noise range is known, DPM-Solver++ does best on grid='logsnr'
-with that `sigma_range` (score_sde.sampling.grids), which get_sampler_from_config derives from
-an image config's data scale.
+VE with sigma_max 150 and 1348, EDM; five problems of different scales; NFE 5-20): VP's tuned
+grids carried to every SDE through the noise level, DDIM and Heun 'vp_uniform', DPM-Solver++
+'vp_quadratic' (data far above unit scale still wants its own sigma_range). When the data's
+noise range is known, DPM-Solver++ does best on grid='logsnr' with that `sigma_range`
+(score_sde.sampling.grids), which get_sampler_from_config derives from an image config.
 """
 
 from __future__ import annotations
