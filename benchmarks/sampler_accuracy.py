@@ -13,6 +13,8 @@ noise range and over the data's, see noise_range) and the wall time of
 the on-device diffrax ODE sampler against scipy's RK45 over the same score (host round trips).
 
     nice -n 10 python benchmarks/sampler_accuracy.py              # everything (N = 20000)
+    python benchmarks/sampler_accuracy.py --transfer --data curve64,2d_x20 --candidates \
+        default,karras,logsnr+range    # grid candidates against the converged ODE (issue 17)
     python benchmarks/sampler_accuracy.py --n 4000 --samplers dpm_solver++,heun --skip-grids
 
 Writes <--out, default benchmarks/results>/<--tag>.{json,md,png}.
