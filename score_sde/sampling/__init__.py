@@ -6,10 +6,25 @@ score calls. The fixed-step ones also take `sample(rng, score_fn, project)`, a h
 `project(rng, x, x_mean, t) -> (x, x_mean)` applied after the prior draw and every update
 (inpainting and colorization merge their observation with it: score_sde.controllable).
 Methods: 'pc' (predictor-corrector), 'ode' (probability flow, diffrax), 'ddim', 'heun' (EDM),
-'dpm_solver++'. Pass `sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the
-batch out over devices. A new sampler is one function decorated with
-`@register_sampler(name, merges=...)`: its keyword options become config.sampling fields
-(score_sde.sampling.registry).
+'dpm_solver++', 'unipc' (UniPC, orders 1-3) and 'ipndm' (iPNDM, orders 1-4). Pass
+`sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the batch out over devices. A new
+sampler is one function decorated with `@register_sampler(name, merges=...)`: its keyword
+options become config.sampling fields (score_sde.sampling.registry).
+
+For other JAX code (every fixed-step sampler: pc, ddim, heun, dpm_solver++, unipc, ipndm):
+  * `ts=` at build time: an explicit strictly decreasing array of times inside [eps, T]; it
+    overrides grid / nfe / n_steps (the sampler takes len(ts) - 1 steps; heun takes the len(ts)
+    points as its grid plus the last step to noise 0). Too short for the order, not strictly
+    decreasing or outside [eps, T]: a ValueError. The built sampler's times are `sample.ts`.
+  * `sample(rng, score_fn, x_init=x)`: start from the given state x at ts[0] (shape = the
+    sampler's shape) instead of a prior draw; the sampler's own noise is the same either way.
+  * `sample(rng, score_fn, return_path=True) -> (x, nfe, path)`: path[k] is the state at ts[k]
+    (the noise-free x_mean where the sampler returns that, e.g. PC with noise_removal), shape
+    (len(ts), *shape) with path[0] the start and path[-1] == x; heun's is (len(ts) + 1, *shape),
+    its last state at noise 0.
+The adaptive 'ode' sampler takes all three too: it solves from ts[0] to ts[-1] (a fixed-step
+solve, nfe given, steps to each time of ts) and its path is the solution at ts (default
+ts = [T, eps]).
 """
 
 from __future__ import annotations
@@ -132,17 +147,20 @@ def config_noise_range(config) -> tuple[float, float] | None:
 
 
 def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
-                            sharding=None) -> Sampler:
+                            sharding=None, **overrides) -> Sampler:
     """The sampler named by config.sampling.method, with its options from config.sampling.
 
-    The samplers of DATA_RANGE_SAMPLERS without a config.sampling.sigma_range get the data's
-    noise range (config_noise_range) and, without a config.sampling.grid, the 'logsnr' grid
-    over it, unless the budget is too small to spend steps outside the range; then, as in
-    Python, their default grid over the SDE's whole noise range.
+    overrides: options that win over the config's (e.g. ts= from SDEdit). The samplers of
+    DATA_RANGE_SAMPLERS without a config.sampling.sigma_range (and no ts, grid or sigma_range
+    override) get the data's noise range (config_noise_range) and, without a
+    config.sampling.grid, the 'logsnr' grid over it, unless the budget is too small to spend
+    steps outside the range; then, as in Python, their default grid over the SDE's range.
     """
     method, options = sampler_options_from_config(config)
+    options = {**options, **overrides}
     derived = config_noise_range(config) if method in DATA_RANGE_SAMPLERS else None
-    if derived is not None and options.get("sigma_range") is None:
+    if (derived is not None and options.get("sigma_range") is None
+            and not {"ts", "grid", "sigma_range"} & set(overrides)):
         ranged = {"grid": DATA_RANGE_GRID, **options, "sigma_range": derived}
         try:
             return get_sampler(method, sde, shape, eps=eps, sharding=sharding, **ranged)

@@ -95,7 +95,7 @@ def unipc_weights(alpha: np.ndarray, sigma: np.ndarray, lam: np.ndarray, orders:
 
 
 @register_sampler("unipc", merges=True, fields={"ts": None})
-def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int = 3,
+def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int = 2,
                   variant: str = "bh2", grid: str = "vp_quadratic",
                   sigma_range: tuple[float, float] | None = None,
                   lower_order_final: bool = True, ts=None, eps: float = 1e-3, sharding=None):
@@ -103,6 +103,9 @@ def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
 
     order 1-3 (UniP-p with UniC-p; the corrector raises the order by one), variant 'bh1' or
     'bh2'. `ts` (decreasing times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1.
+    Defaults: order 2 with bh2 had the lowest error against the converged ODE at 5-8 NFE on a
+    2-D Gaussian mixture for VP, sub-VP, VE and EDM on both the 'quadratic' and 'logsnr' grids
+    (order 3 catches up at 10 NFE; bh1 overshoots on the large log-SNR steps of so few NFE).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"unipc: order must be 1, 2 or 3, got {order}")
