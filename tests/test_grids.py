@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from score_sde import sde_lib
-from score_sde.sampling import get_sampler, get_sampler_from_config, get_time_grid
+from score_sde.sampling import (
+    DATA_RANGE_SAMPLERS,
+    config_noise_range,
+    get_sampler,
+    get_sampler_from_config,
+    get_time_grid,
+)
 from score_sde.sampling.grids import image_noise_range
 
 SCORE = lambda x, t: -x  # noqa: E731  (any score: the tests compare samplers, not accuracy)
@@ -57,9 +63,9 @@ def test_config_samplers_use_the_data_noise_range():
     assert np.abs(ranged - plain).max() > 1e-4  # the range changed the grid
     same(_config("dpm_solver++", nfe=4, sigma_range=(0.1, 5.0)), nfe=4, sigma_range=(0.1, 5.0))
     same(_config("ipndm", nfe=4, grid="karras"), nfe=4, grid="karras", sigma_range=derived)
-    same(_config("unipc", nfe=4), nfe=4)  # UniPC: its own grid (worse with a range at 5 NFE)
-    same(_config("pc", n_steps=3), n_steps=3)  # PC: the published grid, no range
-    same(_config("dpm_solver++", nfe=4, centered=None), nfe=4)  # no data scale: SDE-only
+    # UniPC (worse with a range at 5 NFE) and PC (the published grid) keep their own grids.
+    assert "unipc" not in DATA_RANGE_SAMPLERS and "pc" not in DATA_RANGE_SAMPLERS
+    assert config_noise_range(_config("dpm_solver++", centered=None)) is None  # no data scale
     # sub-VP reaches sigma 1e-4 < 0.002 and 152 > 11.55: 2 steps go to the range's two end
     # steps, none is left inside it.
     same(_config("dpm_solver++", nfe=2), sde=sde_lib.subVPSDE(), nfe=2)
