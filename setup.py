@@ -37,6 +37,10 @@ setup(
         "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14,<4"],
         "gpu": ["jax[cuda12]>=0.6,<0.12"],
         "tfds": ["tensorflow-datasets>=4.9.7", "array_record>=0.5"],
+        # benchmarks/published_solvers.py: diffusers' schedulers; k-diffusion's samplers need
+        # `pip install --no-deps k-diffusion==0.1.1.post1` (its dctorch pins numpy < 2: jax breaks)
+        "bench": ["torch==2.13.0", "diffusers>=0.30,<1", "torchdiffeq>=0.2,<1",
+                  "torchsde>=0.2.6,<1", "tqdm>=4"],
         # torch (CPU wheel) + pytorch-fid: the reference network of the Inception equivalence test.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "torch==2.13.0",
                  "torchvision==0.28.0", "pytorch-fid==0.3.0",

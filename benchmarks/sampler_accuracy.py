@@ -13,6 +13,8 @@ noise range and over the data's, see noise_range) and the wall time of
 the on-device diffrax ODE sampler against scipy's RK45 over the same score (host round trips).
 
     nice -n 10 python benchmarks/sampler_accuracy.py              # everything (N = 20000)
+    python benchmarks/sampler_accuracy.py --transfer --data curve64,2d_x20 --candidates \
+        default,karras,logsnr+range    # grid candidates against the converged ODE (issue 17)
     python benchmarks/sampler_accuracy.py --n 4000 --samplers dpm_solver++,heun --skip-grids
 
 Writes <--out, default benchmarks/results>/<--tag>.{json,md,png}.
@@ -66,7 +68,9 @@ def noise_range(data) -> tuple[float, float]:
 
 
 def make_datasets() -> dict:
-    """'2d': 5 full-covariance modes of unequal weight; '64d': 6 modes, rotated, varied spectra."""
+    """'2d': 5 full-covariance modes of unequal weight; '64d': 6 modes, rotated, varied spectra;
+    'curve64': a thin tube around a closed curve in 64-D (curve_mixture); '2d_x0.05' and
+    '2d_x20': the 2-D mixture shrunk / grown 20x (spread far below / above 1)."""
     rng = np.random.default_rng(0)
     angles = np.linspace(0, 2 * np.pi, 5, endpoint=False)
     means2 = 3.0 * np.stack([np.cos(angles), np.sin(angles)], 1)
@@ -80,7 +84,34 @@ def make_datasets() -> dict:
     base = analytic.GaussianMixture(rng.dirichlet(np.full(k, 5.0)), rng.normal(size=(k, d)),
                                     np.stack([np.diag(s) for s in spectra]))
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    return {"2d": two, "64d": Rotated(base, q)}
+    return {"2d": two, "64d": Rotated(base, q), "curve64": curve_mixture(),
+            "2d_x0.05": scaled(two, 0.05), "2d_x20": scaled(two, 20.0)}
+
+
+def curve_mixture(dim: int = 64, k: int = 96, std: float = 0.03,
+                  seed: int = 1) -> analytic.GaussianMixture:
+    """Data on a curved 1-D manifold: k isotropic Gaussians of std `std` whose means lie, two
+    stds apart, along a closed curve (three random Fourier harmonics) in R^dim: a tube of
+    radius `std` around a loop of length 2 * std * k, in every direction of R^dim. Isotropic
+    components keep the exact score O(k dim) per sample."""
+    rng = np.random.default_rng(seed)
+    coef = rng.normal(size=(3, 2, dim)) / np.arange(1, 4)[:, None, None]
+    theta = np.linspace(0.0, 2 * np.pi, 4096, endpoint=False)
+    harmonics = np.arange(1, 4)[:, None] * theta  # (3, T)
+    curve = (np.einsum("jt,jd->td", np.cos(harmonics), coef[:, 0])
+             + np.einsum("jt,jd->td", np.sin(harmonics), coef[:, 1]))
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(curve, axis=0), axis=1))])
+    length = arc[-1] + np.linalg.norm(curve[0] - curve[-1])  # the closed loop's length
+    idx = np.searchsorted(arc, np.linspace(0.0, length, k, endpoint=False))
+    means = curve[np.minimum(idx, len(curve) - 1)] * (2 * std * k / length)
+    covs = np.broadcast_to(std**2 * np.eye(dim), (k, dim, dim)).copy()
+    return analytic.GaussianMixture(np.ones(k), means, covs)
+
+
+def scaled(mix: analytic.GaussianMixture, s: float) -> analytic.GaussianMixture:
+    """The mixture of s x: means times s, covariances times s^2 (exact score as before)."""
+    return analytic.GaussianMixture(mix.weights, s * mix.means, s**2 * mix.covs,
+                                    mix.event_shape)
 
 
 SDES = {
@@ -91,7 +122,14 @@ SDES = {
     # p_T enough that the converged 64-D probability flow lands at FD 0.077 against the
     # floor's 0.045 (0.049 from the exact p_T); at 150 it is at 0.053, as VP and sub-VP.
     "ve": (sde_lib.VESDE(sigma_min=0.01, sigma_max=150.0), 1e-5),
+    # The published VE configs' range of sigma_max (CIFAR-10 50, 256 px 348, CelebA-HQ 1348)
+    # and EDM's SDE: the SDEs a default grid must serve (the transfer study).
+    "ve50": (sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0), 1e-5),
+    "ve348": (sde_lib.VESDE(sigma_min=0.01, sigma_max=348.0), 1e-5),
+    "ve1348": (sde_lib.VESDE(sigma_min=0.01, sigma_max=1348.0), 1e-5),
+    "edm": (sde_lib.EDMSDE(sigma_min=0.002, sigma_max=80.0), 0.002),
 }
+TRANSFER_SDES = ("vp", "subvp", "ve50", "ve", "ve348", "ve1348", "edm")
 
 # Samplers at a budget of nfe score calls: name -> (get_sampler name, options(nfe, noise_range)).
 SAMPLERS = {
@@ -200,6 +238,75 @@ def grid_study(datasets, args) -> list[dict]:
                           f"{'range' if ranged else 'full':5s} FD {d['fd']:.4g}±{d['fd_std']:.2g} "
                           f"SW {d['sw']:.4g}", flush=True)
     return rows
+
+
+# --- do the default grids transfer? (issue 17, item 3) ---------------------------------------
+
+FIXED_STEP = ("ddim", "heun", "dpm_solver++")  # the samplers whose default grid is studied
+TRANSFER_NFES = (5, 6, 8, 10, 15, 20)
+
+
+def candidate_options(candidate: str, data) -> dict:
+    """Grid options of a candidate: 'default' (the sampler's own), 'GRID' (over the SDE's whole
+    noise range) or 'GRID+range' (over the data's noise range, noise_range())."""
+    if candidate == "default":
+        return {}
+    grid, _, ranged = candidate.partition("+")
+    return dict(grid=grid, sigma_range=noise_range(data) if ranged else None)
+
+
+def transfer(datasets, args) -> list[dict]:
+    """Error of each fixed-step sampler and grid candidate against the converged probability
+    flow from the same prior draws, on every (data, SDE, NFE) cell.
+
+    error = FD(sampler, ref) - FD(adaptive ODE, ref), per seed (the floor cancels); also the
+    paired RMS distance of the samples to the ODE's own (per coordinate), which has no
+    sampling noise at all.
+    """
+    rows = []
+    for dname, data in datasets.items():
+        n, seeds = args.n, args.seeds
+        refs = reference_sets(data, n, seeds)
+        fl = floor(data, n, args.floor_pairs, refs)
+        rows.append(dict(kind="floor", data=dname, fd=fl["fd"], sw=fl["sw"]))
+        for sname in args.sdes:
+            sde, eps = SDES[sname]
+            x_ode, nfe_ode = draw(data, sde, eps, "ode", dict(rtol=args.ode_tol,
+                                                              atol=args.ode_tol), n * seeds, 11)
+            fd_ode = np.array([analytic.frechet_distance(x_ode[i * n:(i + 1) * n], refs[i])
+                               for i in range(seeds)])
+            rows.append(dict(kind="ode", data=dname, sde=sname, nfe=nfe_ode,
+                             fd=float(fd_ode.mean()), fd_std=float(fd_ode.std())))
+            print(f"[{dname} {sname}] floor {fl['fd'][0]:.4g}±{fl['fd'][1]:.2g} ode FD "
+                  f"{fd_ode.mean():.4g} ({nfe_ode} nfe)", flush=True)
+            for sampler, budget, cand in itertools.product(args.samplers, args.nfes,
+                                                           args.candidates):
+                row = _transfer_cell(data, sde, eps, sampler, budget, cand, args, refs,
+                                     x_ode, fd_ode)
+                if row is not None:
+                    rows.append(dict(data=dname, sde=sname, **row))
+            if args.partial:  # what is done so far, for long runs
+                Path(args.partial).write_text(json.dumps(dict(rows=rows)))
+    return rows
+
+
+def _transfer_cell(data, sde, eps, sampler, budget, cand, args, refs, x_ode, fd_ode):
+    n, seeds = args.n, args.seeds
+    try:
+        x, nfe = draw(data, sde, eps, sampler, dict(nfe=budget, **candidate_options(cand, data)),
+                      n * seeds, 11)
+    except ValueError as e:  # e.g. a range that leaves no step inside it at this NFE
+        print(f"  skip {sampler} {budget} {cand}: {e}", flush=True)
+        return None
+    fd = np.array([analytic.frechet_distance(x[i * n:(i + 1) * n], refs[i])
+                   for i in range(seeds)])
+    err = fd - fd_ode
+    rms = float(np.sqrt(np.mean((x - x_ode) ** 2))) if np.all(np.isfinite(x)) else float("inf")
+    print(f"  {sampler:13s} nfe={nfe:3d} {cand:16s} err {err.mean():+.4g}±{err.std():.2g} "
+          f"rms {rms:.3g}", flush=True)
+    return dict(kind="transfer", sampler=sampler, budget=budget, candidate=cand, nfe=nfe,
+                fd=float(fd.mean()), fd_std=float(fd.std()), err=float(err.mean()),
+                err_std=float(err.std()), rms=rms)
 
 
 def ode_timing(datasets, args) -> list[dict]:
@@ -334,6 +441,115 @@ def markdown(rows, grids, timing) -> str:
     return "\n".join(lines)
 
 
+def transfer_errors(rows) -> dict:
+    """{(sampler, data, sde, budget): {candidate: row}} of the transfer rows."""
+    cells: dict = {}
+    for r in rows:
+        if r["kind"] == "transfer":
+            cells.setdefault((r["sampler"], r["data"], r["sde"], r["budget"]), {})[
+                r["candidate"]] = r
+    return cells
+
+
+def transfer_verdicts(rows, metric: str = "err") -> dict:
+    """{(sampler, candidate): (cells within 2x the best candidate, cells, worst ratio, where)}.
+
+    A candidate passes a cell when its error is at most twice the cell's best, or at most the
+    floor's std (metric 'err': FD differences below it are on the floor); 'rms' uses 2x only.
+    The best of an SDE-only grid's cell is the best SDE-only grid; of a '+range' one, the best
+    of all.
+    """
+    floors = {r["data"]: r["fd"][1] for r in rows if r["kind"] == "floor"}
+    out: dict = {}
+    for key, by in transfer_errors(rows).items():
+        tol = floors.get(key[1], 0.0) if metric == "err" else 0.0
+        vals = {c: max(r[metric], 0.0) if np.isfinite(r[metric]) else np.inf
+                for c, r in by.items()}
+        # Without the data's range a sampler can only use the SDE-only grids: those compete
+        # among themselves; a '+range' candidate competes with every grid.
+        best_sde_only = min((v for c, v in vals.items() if "+range" not in c), default=np.inf)
+        best_all = min(vals.values())
+        for c, v in vals.items():
+            best = best_all if "+range" in c else best_sde_only
+            ok, n, worst, where = out.get((key[0], c), (0, 0, 0.0, None))
+            ratio = v / max(best, tol, 1e-12)
+            out[(key[0], c)] = (ok + (v <= max(2 * best, tol)), n + 1,
+                                *((ratio, key[1:]) if ratio > worst else (worst, where)))
+    return out
+
+
+def transfer_markdown(rows) -> str:
+    lines = ["# Do the default grids transfer? Error vs NFE against the converged flow", "",
+             "error = FD(sampler) - FD(adaptive ODE, rtol = atol = 1e-5), both from the same "
+             "prior draws and against the same reference sets, mean ± std over the seeds "
+             "(the floor cancels); rms = RMS distance of the samples to the ODE's own.", ""]
+    verdicts = {m: transfer_verdicts(rows, m) for m in ("err", "rms")}
+    lines += ["## Candidates: cells within 2x the best candidate (FD error, or on the floor: "
+              "below the floor's std) | the same by rms; worst ratio (data, SDE, NFE). "
+              "SDE-only grids are compared with the best SDE-only grid, '+range' ones "
+              "(the data's noise range) with the best of all.", "",
+              "| sampler | candidate | FD error: cells ok | worst | rms: cells ok | worst |",
+              "|---|---|---|---|---|---|"]
+    for (sampler, cand), (ok, n, worst, where) in sorted(verdicts["err"].items()):
+        rok, rn, rworst, rwhere = verdicts["rms"][(sampler, cand)]
+        lines.append(f"| {sampler} | {cand} | {ok}/{n} | {worst:.3g} {where} | {rok}/{rn} | "
+                     f"{rworst:.3g} {rwhere} |")
+    floors = {r["data"]: r for r in rows if r["kind"] == "floor"}
+    odes = {(r["data"], r["sde"]): r for r in rows if r["kind"] == "ode"}
+    cells = transfer_errors(rows)
+    cands = list(dict.fromkeys(r["candidate"] for r in rows if r["kind"] == "transfer"))
+    budgets = sorted({k[3] for k in cells})
+    for dname, f in floors.items():
+        lines += ["", f"## {dname}: floor FD {f['fd'][0]:.4g} ± {f['fd'][1]:.2g}", "",
+                  "| SDE (ODE FD, NFE) | sampler | grid | " + " | ".join(map(str, budgets))
+                  + " |", "|---|---|---|" + "---|" * len(budgets)]
+        for (sampler, d, sname), cand in itertools.product(
+                dict.fromkeys((k[0], k[1], k[2]) for k in cells if k[1] == dname), cands):
+            o = odes[(dname, sname)]
+            vals = [cells.get((sampler, d, sname, b), {}).get(cand) for b in budgets]
+            if not any(vals):
+                continue
+            lines.append(f"| {sname} ({o['fd']:.3g}, {o['nfe']}) | {sampler} | {cand} | "
+                         + " | ".join("" if v is None else
+                                      f"{v['err']:.2g} ± {v['err_std']:.1g}"
+                                      + ("" if v["nfe"] == v["budget"] else f" ({v['nfe']})")
+                                      for v in vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def transfer_plot(rows, path, candidate: str = "default"):
+    """Error vs NFE of each sampler's `candidate` grid, one panel per (data, SDE), with the
+    floor's std as the band around 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floors = {r["data"]: r["fd"][1] for r in rows if r["kind"] == "floor"}
+    sub = [r for r in rows if r["kind"] == "transfer" and r["candidate"] == candidate]
+    datas = list(floors)
+    sdes = list(dict.fromkeys(r["sde"] for r in sub))
+    fig, axes = plt.subplots(len(datas), len(sdes), figsize=(3.2 * len(sdes), 2.8 * len(datas)),
+                             squeeze=False)
+    for (i, dname), (j, sname) in itertools.product(enumerate(datas), enumerate(sdes)):
+        ax = axes[i, j]
+        for sampler in dict.fromkeys(r["sampler"] for r in sub):
+            pts = sorted((r["nfe"], r["err"], r["err_std"]) for r in sub
+                         if (r["data"], r["sde"], r["sampler"]) == (dname, sname, sampler))
+            if pts:
+                nfe, err, std = (np.asarray(v) for v in zip(*pts, strict=True))
+                ax.errorbar(nfe, err, yerr=std, fmt=".-", label=sampler, ms=5, capsize=2)
+        ax.axhspan(-floors[dname], floors[dname], color="gray", alpha=0.3, label="floor std")
+        ax.set_yscale("symlog", linthresh=max(floors[dname], 1e-6))
+        ax.set_title(f"{dname} / {sname}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    axes[0, -1].legend(fontsize=6)
+    fig.supxlabel("NFE")
+    fig.supylabel("FD - FD(adaptive ODE)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def plot(rows, path):
     import matplotlib
 
@@ -382,6 +598,22 @@ def main(argv=None):
     p.add_argument("--timing-n", default="200,1000,5000", help="batch sizes of the ODE timing")
     p.add_argument("--timing-repeats", type=int, default=5)
     p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--transfer", action="store_true",
+                   help="only the transfer study: every fixed-step sampler and grid candidate "
+                        "against the converged ODE, on every data set and SDE")
+    p.add_argument("--transfer-samplers", default=",".join(FIXED_STEP))
+    p.add_argument("--transfer-nfes", default=",".join(map(str, TRANSFER_NFES)))
+    p.add_argument("--transfer-sdes", default=",".join(TRANSFER_SDES))
+    p.add_argument("--candidates", default="default",
+                   help="grid candidates: default, GRID or GRID+range (comma-separated)")
+    p.add_argument("--ode-tol", type=float, default=1e-5, help="the reference ODE's rtol, atol")
+    p.add_argument("--partial", default="", help="transfer: rewrite this JSON after each SDE")
+    p.add_argument("--merge", default="",
+                   help="transfer: no run; the tables of these JSON results (comma-separated)")
+    p.add_argument("--plot-candidate", default="", help="merge: plot this candidate's error")
+    p.add_argument("--default-was", default="",
+                   help="merge: the named grid each sampler's 'default' was in those runs, "
+                        "e.g. ddim=uniform,dpm_solver++=quadratic")
     p.add_argument("--tag", default="sampler_accuracy", help="output file stem")
     p.add_argument("--out", default=str(RESULTS), help="output folder")
     args = p.parse_args(argv)
@@ -394,6 +626,12 @@ def main(argv=None):
     # 1000-NFE runs only for the SDE samplers the targets name (keeps the run < 15 min).
     args.max_nfe = {s: 100 for s in SAMPLERS if s not in ("euler_maruyama", "dpm_solver++")}
     datasets = {k: v for k, v in make_datasets().items() if k in args.data.split(",")}
+    if args.merge:
+        was = dict(kv.split("=") for kv in args.default_was.split(",") if kv)
+        return merge_transfer(args.merge.split(","), Path(args.out), args.tag, was,
+                              args.plot_candidate)
+    if args.transfer:
+        return run_transfer(datasets, args)
 
     t0 = time.time()
     rows = [] if args.skip_accuracy else accuracy(datasets, args)
@@ -408,6 +646,59 @@ def main(argv=None):
     (out / f"{args.tag}.md").write_text(markdown(rows, grids, timing))
     if rows:
         plot(rows, out / f"{args.tag}.png")
+    print(f"done in {time.time() - t0:.0f}s -> {out}/{args.tag}.*")
+
+
+# On the VP SDE the 'vp_*' grids are VP's own 'uniform' / 'quadratic' (tests/test_grids.py).
+VP_ALIASES = {"uniform": "vp_uniform", "quadratic": "vp_quadratic"}
+
+
+def merge_transfer(paths: list[str], out: Path, tag: str, default_was: dict | None = None,
+                   plot_candidate: str = ""):
+    """One table from several transfer runs (the first row of each floor / ODE / cell wins:
+    runs with the same --n, --seeds and prior draws agree on them). default_was renames each
+    sampler's 'default' rows to the grid that default was (runs before a change of defaults);
+    VP rows of 'uniform' / 'quadratic' also count as 'vp_uniform' / 'vp_quadratic'."""
+    rows, seen = [], set()
+
+    def add(r):
+        key = (r["kind"], r["data"], r.get("sde"), r.get("sampler"), r.get("budget"),
+               r.get("candidate"))
+        if key not in seen:
+            seen.add(key)
+            rows.append(r)
+
+    for path in paths:
+        for r in json.loads(Path(path).read_text())["rows"]:
+            if r.get("candidate") == "default" and r["sampler"] in (default_was or {}):
+                r = dict(r, candidate=default_was[r["sampler"]])
+            add(r)
+            if r.get("sde") == "vp" and r.get("candidate") in VP_ALIASES:
+                add(dict(r, candidate=VP_ALIASES[r["candidate"]]))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps(dict(meta=dict(merged=paths), rows=rows),
+                                                indent=1))
+    (out / f"{tag}.md").write_text(transfer_markdown(rows))
+    if plot_candidate:
+        transfer_plot(rows, out / f"{tag}.png", plot_candidate)
+    print(f"{len(rows)} rows -> {out}/{tag}.*")
+
+
+def run_transfer(datasets, args):
+    args.samplers = args.transfer_samplers.split(",")
+    args.nfes = [int(v) for v in args.transfer_nfes.split(",")]
+    args.sdes = args.transfer_sdes.split(",")
+    args.candidates = args.candidates.split(",")
+    t0 = time.time()
+    rows = transfer(datasets, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(n=args.n, seeds=args.seeds, ode_tol=args.ode_tol, seconds=time.time() - t0,
+                devices=str(jax.devices()), cpu_count=os.cpu_count())
+    (out / f"{args.tag}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    (out / f"{args.tag}.md").write_text(transfer_markdown(rows))
+    if "default" in args.candidates:
+        transfer_plot(rows, out / f"{args.tag}.png")
     print(f"done in {time.time() - t0:.0f}s -> {out}/{args.tag}.*")
 
 

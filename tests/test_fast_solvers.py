@@ -169,7 +169,7 @@ def test_ts_x_init_and_path_reproduce_the_default_call():
     score_fn = analytic.GaussianMixture.gaussian(MU, np.diag(S**2)).perturbed_score_fn(VP)
     default = get_sampler("unipc", VP, SMALL, nfe=4, order=2)
     x, nfe = jax.jit(lambda rng: default(rng, score_fn))(jax.random.PRNGKey(2))
-    ts = get_time_grid("quadratic", VP, 4, 1e-3)
+    ts = get_time_grid("vp_quadratic", VP, 4, 1e-3)
     np.testing.assert_array_equal(default.ts, ts)
     x_T = prior_sample(VP, jax.random.PRNGKey(2), SMALL)[0]
     explicit, (x2, nfe2, path) = _path_call("unipc", dict(order=2), x_T, ts=ts)

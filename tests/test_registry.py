@@ -64,7 +64,8 @@ def test_registry_views_are_live_and_monkeypatch_can_replace_entries(monkeypatch
     (lambda: correctors.get_corrector("hmc"), "sampling.corrector='hmc' is not a known "
      "corrector; choose one of ['ald', 'langevin', 'none']"),
     (lambda: grids.get_time_grid("cosine", sde_lib.VPSDE(), 4, 1e-3), "grid='cosine' is not a "
-     "known time grid; choose one of ['karras', 'logsnr', 'quadratic', 'uniform']"),
+     "known time grid; choose one of ['karras', 'logsnr', 'quadratic', 'uniform', "
+     "'vp_quadratic', 'vp_uniform']"),
     (lambda: ode.get_ode_solver("rk4"), "solver='rk4' is not a known ODE solver; choose one of "
      "['bosh3', 'dopri5', 'dopri8', 'euler', 'heun', 'tsit5']"),
     (lambda: sampling.get_sampler("euler", sde_lib.VPSDE(), SHAPE), "sampler 'euler' is unknown;"

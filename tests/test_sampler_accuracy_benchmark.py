@@ -6,6 +6,8 @@ import importlib.util
 import json
 import os
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -37,3 +39,46 @@ def test_seeded_cells_report_mean_and_spread(tmp_path):
     (row,) = json.loads((tmp_path / "timing.json").read_text())["ode_timing"]
     assert row["n"] == 8 and row["scipy_nfe"] > 10 and row["max_abs_diff"] < 0.05
     assert "speed-up" in (tmp_path / "timing.md").read_text()
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location(
+        "sampler_accuracy", os.path.join(ROOT, "benchmarks", "sampler_accuracy.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_new_problems_are_what_they_claim():
+    """The curve: k isotropic modes two stds apart around a closed loop in 64-D; the scaled
+    2-D mixtures: the same mixture times 0.05 and 20 (means x s, covariances x s^2)."""
+    module = _module()
+    data = module.make_datasets()
+    curve = data["curve64"]
+    steps = np.linalg.norm(np.diff(curve.means, axis=0, append=curve.means[:1]), axis=1)
+    assert curve.means.shape == (96, 64) and np.all(np.abs(steps / 0.06 - 1) < 0.05)
+    np.testing.assert_allclose(curve.covs, np.broadcast_to(0.03**2 * np.eye(64), (96, 64, 64)))
+    for s in (0.05, 20.0):
+        small = data[f"2d_x{s:g}"]
+        np.testing.assert_allclose(small.means, s * data["2d"].means, rtol=1e-12)
+        np.testing.assert_allclose(small.covs, s**2 * data["2d"].covs, rtol=1e-12)
+        lo, hi = module.noise_range(small)
+        np.testing.assert_allclose((lo, hi), s * np.asarray(module.noise_range(data["2d"])))
+
+
+def test_transfer_study_measures_error_against_the_ode(tmp_path):
+    """--transfer: per cell, err = FD(sampler) - FD(adaptive ODE from the same draws), and
+    the verdict table compares each grid candidate to the cell's best."""
+    module = _module()
+    module.main(["--transfer", "--n", "200", "--seeds", "2", "--floor-pairs", "2",
+                 "--data", "2d_x0.05", "--transfer-sdes", "edm", "--transfer-nfes", "4",
+                 "--transfer-samplers", "dpm_solver++", "--candidates", "default,logsnr+range",
+                 "--out", str(tmp_path), "--tag", "transfer"])
+    rows = json.loads((tmp_path / "transfer.json").read_text())["rows"]
+    ode = next(r for r in rows if r["kind"] == "ode")
+    cells = [r for r in rows if r["kind"] == "transfer"]
+    assert [(r["candidate"], r["nfe"]) for r in cells] == [("default", 4), ("logsnr+range", 4)]
+    for r in cells:
+        assert abs(r["err"] - (r["fd"] - ode["fd"])) < 1e-9 and r["rms"] > 0
+    md = (tmp_path / "transfer.md").read_text()
+    assert "| dpm_solver++ | logsnr+range | " in md and "2d_x0.05: floor FD" in md

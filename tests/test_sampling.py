@@ -230,7 +230,8 @@ def test_dpm_solver_pp_at_8_nfe_with_the_data_noise_range():
     for sde_name, (sde, eps) in SDES.items():
         fds = {}
         for sigma_range in (None, (0.22, 8.9)):
-            options = dict(grid="logsnr", sigma_range=sigma_range) if sigma_range else {}
+            options = (dict(grid="logsnr", sigma_range=sigma_range) if sigma_range
+                       else dict(grid="quadratic"))  # the old default; 'vp_quadratic': 0.0087
             sample = get_sampler("dpm_solver++", sde, (N, 2), eps=eps, nfe=8, **options)
             x, _ = jax.jit(lambda k, s=sample, d=sde: s(k, GMM.perturbed_score_fn(d)))(
                 jax.random.PRNGKey(0))

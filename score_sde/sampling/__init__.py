@@ -42,7 +42,7 @@ from score_sde.sampling.correctors import register_corrector
 from score_sde.sampling.grid_files import PREFIX as GRID_FILE_PREFIX
 from score_sde.sampling.grid_files import check_sampler as check_grid_file_sampler
 from score_sde.sampling.grid_optimizer import GridResult, optimize_grid
-from score_sde.sampling.grids import get_time_grid, register_grid
+from score_sde.sampling.grids import get_time_grid, image_noise_range, register_grid
 from score_sde.sampling.predictors import register_predictor
 from score_sde.sampling.registry import (
     MERGE_SAMPLERS,
@@ -136,14 +136,45 @@ def class_labels_from_config(config, n: int,
     return jnp.asarray(chosen, jnp.int32)[jnp.arange(n) % len(chosen)]
 
 
+# Samplers that, when config.sampling.sigma_range is unset, take the noise range of the
+# config's image data (grids.image_noise_range), spaced in log-SNR unless config.sampling.grid
+# is set: the best measured with a known range (benchmarks/README.md "Grids that transfer").
+DATA_RANGE_SAMPLERS = ("dpm_solver++", "ipndm")
+DATA_RANGE_GRID = "logsnr"
+
+
+def config_noise_range(config) -> tuple[float, float] | None:
+    """grids.image_noise_range of config.data (centered, image_size, num_channels), or None
+    when the config does not describe image data."""
+    data = config.get("data")
+    fields = ("centered", "image_size", "num_channels")
+    if data is None or any(data.get(f) is None for f in fields):
+        return None
+    return image_noise_range(bool(data.centered), int(data.image_size), int(data.num_channels))
+
+
 def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
                             sharding=None, **overrides) -> Sampler:
     """The sampler named by config.sampling.method, with its options from config.sampling.
 
-    overrides: options that win over the config's (e.g. ts= from SDEdit).
+    overrides: options that win over the config's (e.g. ts= from SDEdit). The samplers of
+    DATA_RANGE_SAMPLERS without a config.sampling.sigma_range (and no ts, grid or sigma_range
+    override) get the data's noise range (config_noise_range) and, without a
+    config.sampling.grid, the 'logsnr' grid over it, unless the budget is too small to spend
+    steps outside the range; then, as in Python, their default grid over the SDE's range.
     """
     method, options = sampler_options_from_config(config)
     options = {**options, **overrides}
-    if str(options.get("grid", "")).startswith(GRID_FILE_PREFIX) and options.get("ts") is None:
+    from_file = str(options.get("grid", "")).startswith(GRID_FILE_PREFIX)
+    if from_file and options.get("ts") is None:
         check_grid_file_sampler(options["grid"][len(GRID_FILE_PREFIX):], method)  # one sampler's
+    derived = (config_noise_range(config)
+               if method in DATA_RANGE_SAMPLERS and not from_file else None)
+    if (derived is not None and options.get("sigma_range") is None
+            and not {"ts", "grid", "sigma_range"} & set(overrides)):
+        ranged = {"grid": DATA_RANGE_GRID, **options, "sigma_range": derived}
+        try:
+            return get_sampler(method, sde, shape, eps=eps, sharding=sharding, **ranged)
+        except ValueError:  # e.g. too few steps for the range's own end steps
+            pass
     return get_sampler(method, sde, shape, eps=eps, sharding=sharding, **options)

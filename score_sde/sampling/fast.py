@@ -6,10 +6,12 @@ serves VP, sub-VP and VE: DDIM (Song, Meng & Ermon 2021), EDM's Heun sampler (Ka
 An optional `project(rng, x, x_mean, t)` acts on the prior draw and after every step; the
 sample is then the noise-free x_mean of the last projection.
 
-Default time grids are the best measured on Gaussian mixtures (benchmarks/README.md, 2-D and
-64-D data, VP / sub-VP / VE, NFE 10 and 20): DDIM 'uniform', Heun 'uniform' (EDM's 'karras'
-wins on VE only), DPM-Solver++ 'quadratic'. When the data's noise range is known, DPM-Solver++
-does best on grid='logsnr' with that `sigma_range` (score_sde.sampling.grids).
+Default time grids transfer across SDEs (benchmarks/README.md "Grids that transfer": VP, sub-VP,
+VE with sigma_max 150 and 1348, EDM; five problems of different scales; NFE 5-20): VP's tuned
+grids carried to every SDE through the noise level, DDIM and Heun 'vp_uniform', DPM-Solver++
+'vp_quadratic' (data far above unit scale still wants its own sigma_range). When the data's
+noise range is known, DPM-Solver++ does best on grid='logsnr' with that `sigma_range`
+(score_sde.sampling.grids), which get_sampler_from_config derives from an image config.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from score_sde.sde_lib import SDE, batch_mul
 
 @register_sampler("ddim", merges=True, fields={"ts": None})
 def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float = 0.0,
-                 grid: str = "uniform", sigma_range: tuple[float, float] | None = None,
+                 grid: str = "vp_uniform", sigma_range: tuple[float, float] | None = None,
                  ts=None, eps: float = 1e-3, sharding=None):
     """DDIM: x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z, one score call per step.
 
@@ -75,7 +77,8 @@ def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float 
 
 
 @register_sampler("heun", merges=True, fields={"ts": None})
-def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str = "uniform",
+def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35,
+                 grid: str = "vp_uniform",
                  sigma_range: tuple[float, float] | None = None, S_churn: float = 0.0,
                  S_tmin: float = 0.0, S_tmax: float = float("inf"),
                  S_noise: float = 1.0, ts=None, eps: float = 1e-3, sharding=None):
@@ -156,7 +159,7 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str =
 
 @register_sampler("dpm_solver++", merges=True, fields={"ts": None})
 def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
-                          grid: str = "quadratic",
+                          grid: str = "vp_quadratic",
                           sigma_range: tuple[float, float] | None = None, order: int = 2,
                           lower_order_final: bool = True, ts=None, eps: float = 1e-3,
                           sharding=None):

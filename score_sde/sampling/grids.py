@@ -23,7 +23,7 @@ import numpy as np
 
 from score_sde.registry import Registry
 from score_sde.sampling import grid_files
-from score_sde.sde_lib import SDE
+from score_sde.sde_lib import SDE, VPSDE
 
 GridFn = Callable[[SDE, int, float, float], np.ndarray]  # (sde, n, t_start, t_end)
 _GRIDS: Registry[GridFn] = Registry("time grid", field="grid")
@@ -36,6 +36,26 @@ def register_grid(name: str) -> Callable[[GridFn], GridFn]:
 
 def grid_names() -> list[str]:
     return _GRIDS.names()
+
+
+# EDM's noise range for CIFAR-10 in [-1, 1] (32 x 32 x 3 values): Karras et al. 2022, Table 1.
+EDM_RANGE, EDM_WIDTH, EDM_DIM = (0.002, 80.0), 2.0, 32 * 32 * 3
+
+
+def image_noise_range(centered: bool, image_size: int, num_channels: int) -> tuple[float, float]:
+    """The noise range (sigma / alpha) of image data, from its value range and size.
+
+    EDM's (0.002, 80) for CIFAR-10 in [-1, 1], scaled to the data: both ends with the width of
+    the value range (2 if centered in [-1, 1], 1 for [0, 1]: 0.001 is a quarter of a 8-bit
+    level), the top also with sqrt(number of values) (distances between images grow as
+    sqrt(D)). E.g. [-1, 1]: 32 x 32 x 3 (0.002, 80), 8 x 8 x 1 (0.002, 11.5), 256 x 256 x 3
+    (0.002, 640); [0, 1]: 32 x 32 x 3 (0.001, 40). get_time_grid clips it to the SDE's range.
+    """
+    width = 2.0 if centered else 1.0
+    dim = int(image_size) ** 2 * int(num_channels)
+    lo = EDM_RANGE[0] * width / EDM_WIDTH
+    hi = EDM_RANGE[1] * width / EDM_WIDTH * float(np.sqrt(dim / EDM_DIM))
+    return lo, hi
 
 
 def get_time_grid(name: str, sde: SDE, n_steps: int, eps: float,
@@ -107,3 +127,29 @@ def karras(sde: SDE, n: int, t_start: float, t_end: float, rho: float = 7.0) -> 
     ramp = np.linspace(0.0, 1.0, n + 1)
     sig = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     return _t_from_log_snr(sde, -np.log(sig))
+
+
+# The reference clock of the 'vp_*' grids: the published VP SDE (beta 0.1..20, unit-scale data).
+_VP = VPSDE()
+
+
+def _vp_clock(sde: SDE, n: int, t_start: float, t_end: float, power: float) -> np.ndarray:
+    """Points spaced as t^power of the VP SDE's time between the VP times of the noise levels
+    at t_start and t_end, carried to `sde` through the noise level sigma / alpha."""
+    lam = np.array([_log_snr(sde, t_start), _log_snr(sde, t_end)])
+    t_vp = _t_from_log_snr(_VP, lam)  # beyond VP's top (e.g. VE 1348) this is t > 1
+    t_grid = t_vp[1] + (t_vp[0] - t_vp[1]) * np.linspace(1.0, 0.0, n + 1) ** power
+    lam_grid = np.asarray(_VP.log_snr(jnp.asarray(t_grid, jnp.float32)), np.float64)
+    return _t_from_log_snr(sde, lam_grid)
+
+
+@register_grid("vp_uniform")
+def vp_uniform(sde: SDE, n: int, t_start: float, t_end: float) -> np.ndarray:
+    """The VP SDE's 'uniform' grid on any SDE (the same noise levels)."""
+    return _vp_clock(sde, n, t_start, t_end, 1.0)
+
+
+@register_grid("vp_quadratic")
+def vp_quadratic(sde: SDE, n: int, t_start: float, t_end: float) -> np.ndarray:
+    """The VP SDE's 'quadratic' grid on any SDE (the same noise levels)."""
+    return _vp_clock(sde, n, t_start, t_end, 2.0)

@@ -48,7 +48,7 @@ def ipndm_weights(alpha: np.ndarray, sigma: np.ndarray, order: int) -> tuple[np.
 
 @register_sampler("ipndm", merges=True, fields={"ts": None})
 def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int = 4,
-                  grid: str = "quadratic", sigma_range: tuple[float, float] | None = None,
+                  grid: str = "vp_quadratic", sigma_range: tuple[float, float] | None = None,
                   ts=None, eps: float = 1e-3, sharding=None):
     """iPNDM (module docstring): nfe steps of order up to `order` (1-4), one score call each.
 

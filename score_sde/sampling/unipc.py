@@ -96,7 +96,7 @@ def unipc_weights(alpha: np.ndarray, sigma: np.ndarray, lam: np.ndarray, orders:
 
 @register_sampler("unipc", merges=True, fields={"ts": None})
 def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int = 2,
-                  variant: str = "bh2", grid: str = "quadratic",
+                  variant: str = "bh2", grid: str = "vp_quadratic",
                   sigma_range: tuple[float, float] | None = None,
                   lower_order_final: bool = True, ts=None, eps: float = 1e-3, sharding=None):
     """UniPC-p (module docstring): nfe steps, exactly one score call each.
