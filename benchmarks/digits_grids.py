@@ -63,6 +63,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--draws", type=int, default=128)
     p.add_argument("--ode", action="store_true", help="add the adaptive ODE reference row")
+    p.add_argument("--default_only", action="store_true",
+                   help="only the default-grid rows (the config's grids), no optimisation")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -99,6 +101,8 @@ def main() -> None:
             options.pop("nfe", None)
             fd, _ = digits_fd(config, restorer, params, base, args.num_samples, args.batch)
             record({"sampler": method, "nfe": nfe, "grid": "default", "digits_fd": fd})
+            if args.default_only:
+                continue
             t = time.time()
             result = sampling.optimize_grid(score_fn, restorer.sde, shape, method=method,
                                             nfe=nfe, eps=restorer.eps,
