@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from score_sde import sde_lib
+from score_sde.models import consistency as consistency_lib
 from score_sde.models import parameterization as param_lib
 from score_sde.models import utils as mutils
 from score_sde.models.parameterization import Parameterization
@@ -59,7 +60,12 @@ def init_train_state(rng: Array, config, model=None, optimizer=None) -> TrainSta
     init_rng, state_rng = jax.random.split(rng)
     params = models.init_model(init_rng, config)
     optimizer = optimizer if optimizer is not None else get_optimizer(config)
-    return new_train_state(params, optimizer, state_rng)
+    state = new_train_state(params, optimizer, state_rng)
+    if consistency_lib.objective(config) == "cd":  # + target network and teacher weights
+        from score_sde import consistency_losses
+
+        return consistency_losses.with_cd_fields(state)
+    return state
 
 
 def new_train_state(params, optimizer: optax.GradientTransformation, rng: Array) -> TrainState:
@@ -151,6 +157,7 @@ def get_param_loss_fn(param: Parameterization, model, train: bool, reduce_mean: 
 def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> LossFn:
     """The loss the config trains with: continuous DSM (sigma^2 or likelihood weighting), SMLD/DDPM
     when not continuous, EDM's for EDM preconditioning (`parameterization.from_config`)."""
+    consistency_lib.refuse_score_use(config, "the denoising loss (config.eval.enable_loss)")
     tr = config.training
     cond = dict(num_classes=int(config.model.get("num_classes", 0)),
                 class_dropout=float(tr.get("class_dropout", 0.0)) if train else 0.0)

@@ -6,7 +6,8 @@ score calls. The fixed-step ones also take `sample(rng, score_fn, project)`, a h
 `project(rng, x, x_mean, t) -> (x, x_mean)` applied after the prior draw and every update
 (inpainting and colorization merge their observation with it: score_sde.controllable).
 Methods: 'pc' (predictor-corrector), 'ode' (probability flow, diffrax), 'ddim', 'heun' (EDM),
-'dpm_solver++'. Pass `sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the
+'dpm_solver++', and 'consistency' (takes a consistency function f(x, t) in place of
+score_fn). Pass `sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the
 batch out over devices. A new sampler is one function decorated with
 `@register_sampler(name, merges=...)`: its keyword options become config.sampling fields
 (score_sde.sampling.registry).
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 # The sampler modules register their samplers when imported (register_sampler).
-from score_sde.sampling import fast, ode, pc  # noqa: F401
+from score_sde.sampling import consistency, fast, ode, pc  # noqa: F401
 from score_sde.sampling.correctors import register_corrector
 from score_sde.sampling.grids import get_time_grid, register_grid
 from score_sde.sampling.predictors import register_predictor
