@@ -37,15 +37,24 @@ class TrainState:
 
 
 def get_optimizer(config) -> optax.GradientTransformation:
-    """Adam with linear warm-up to `optim.lr` over `optim.warmup` steps and global-norm clipping."""
+    """Adam (or RAdam) with linear warm-up to `optim.lr` over `optim.warmup` steps and global-norm
+    clipping (none when optim.grad_clip < 0)."""
     optim = config.optim
-    if str(optim.optimizer).lower() != "adam":
-        raise ValueError(f"config.optim.optimizer={optim.optimizer!r} is not supported; use 'Adam'")
+    name = str(optim.optimizer).lower()
+    if name not in ("adam", "radam"):
+        raise ValueError(f"config.optim.optimizer={optim.optimizer!r} is not supported; use "
+                         "'Adam' or 'RAdam' (the consistency models' published optimizer)")
     warmup = int(optim.warmup)
     if warmup > 0:
         lr = optax.linear_schedule(0.0, optim.lr, warmup)
     else:
         lr = optim.lr
+    if name == "radam":
+        radam = optax.chain(optax.radam(lr, b1=optim.beta1, b2=0.999, eps=optim.eps),
+                            optax.add_decayed_weights(-float(optim.weight_decay) * optim.lr))
+        if optim.grad_clip >= 0:
+            return optax.chain(optax.clip_by_global_norm(optim.grad_clip), radam)
+        return radam
     adam = optax.adamw(lr, b1=optim.beta1, b2=0.999, eps=optim.eps,
                        weight_decay=float(optim.weight_decay))
     if optim.grad_clip >= 0:
