@@ -181,6 +181,17 @@ def _labels(batch: Batch, num_classes: int) -> Array | None:
 LossFn = Callable[[Array, Any, TrainState, Batch], Array]
 
 
+def cd_outputs(student: Callable, target: Callable, teacher_step: Callable, x: Array,
+               z: Array, s_cur: Array, s_next: Array) -> tuple[Array, Array]:
+    """(f_theta(x_{n+1}, s_next), f_target(x_n, s_cur)) of consistency distillation, the target
+    without gradient: x_{n+1} = x + s_next z and x_n = teacher_step(x_{n+1}, s_next, s_cur)
+    (one ODE step of the teacher, `ode_step`). Levels are per example (B,); on the EDM SDE
+    the time is the level."""
+    x_next = x + batch_mul(s_next, z)
+    x_cur = jax.lax.stop_gradient(teacher_step(x_next, s_next, s_cur))
+    return student(x_next, s_next), jax.lax.stop_gradient(target(x_cur, s_cur))
+
+
 def get_cd_loss_fn(config, model, teacher_config, teacher_sde: sde_lib.SDE,
                    teacher_model) -> LossFn:
     """`loss(rng, params, state, batch)` of consistency distillation (module doc)."""
@@ -190,7 +201,11 @@ def get_cd_loss_fn(config, model, teacher_config, teacher_sde: sde_lib.SDE,
                                        float(config.model.sigma_max), float(c.rho)), jnp.float32)
     distance = _distance(config)
     solver = str(c.get("teacher_solver", "heun")).lower()
+    if solver not in SOLVERS:
+        raise ValueError(f"config.consistency.teacher_solver={solver!r} is not known; choose "
+                         f"one of {SOLVERS}")
     weighting = str(c.get("weighting", "uniform")).lower()
+    _weight(weighting, sig[:1], sig[1:2])  # checks the name now
     num_classes = int(config.model.get("num_classes", 0) or 0)
     teacher_continuous = bool(teacher_config.training.get("continuous", True))
 
@@ -199,16 +214,15 @@ def get_cd_loss_fn(config, model, teacher_config, teacher_sde: sde_lib.SDE,
         n_rng, z_rng, drop_rng = jax.random.split(rng, 3)
         y = _labels(batch, num_classes)
         n = jax.random.randint(n_rng, (x.shape[0],), 0, sig.shape[0] - 1)
-        s_cur, s_next = sig[n], sig[n + 1]
-        x_next = x + batch_mul(s_next, jax.random.normal(z_rng, x.shape))
         x0_hat = mutils.get_denoiser_fn(teacher_sde, teacher_model, state.teacher_params,
                                         continuous=teacher_continuous, labels=y)
-        x_cur = jax.lax.stop_gradient(
-            ode_step(edm_denoiser(teacher_sde, x0_hat), x_next, s_next, s_cur, solver))
-        student = cm.get_consistency_fn(param, model, params, True, drop_rng, y)
-        target = cm.get_consistency_fn(param, model, state.target_params, True, drop_rng, y)
-        d = distance(student(x_next, s_next), jax.lax.stop_gradient(target(x_cur, s_cur)))
-        return jnp.mean(_weight(weighting, s_cur, s_next) * d)
+        denoiser = edm_denoiser(teacher_sde, x0_hat)
+        student, target = cd_outputs(
+            cm.get_consistency_fn(param, model, params, True, drop_rng, y),
+            cm.get_consistency_fn(param, model, state.target_params, True, drop_rng, y),
+            lambda v, a, b: ode_step(denoiser, v, a, b, solver),
+            x, jax.random.normal(z_rng, x.shape), sig[n], sig[n + 1])
+        return jnp.mean(_weight(weighting, sig[n], sig[n + 1]) * distance(student, target))
 
     return loss_fn
 
@@ -225,6 +239,7 @@ def get_ct_loss_fn(config, model) -> LossFn:
     s_min, s_max = param.sigma_min, float(config.model.sigma_max)
     distance = _distance(config)
     weighting = str(c.get("weighting", "ict")).lower()
+    _weight(weighting, jnp.zeros(1), jnp.ones(1))  # checks the name now
     P_mean, P_std = float(c.P_mean), float(c.P_std)
     num_classes = int(config.model.get("num_classes", 0) or 0)
 
