@@ -22,7 +22,6 @@ from score_sde import consistency_losses as CL
 from score_sde import controllable, inference, losses, sde_lib
 from score_sde.models import consistency as cm
 from score_sde.models import get_model, init_model
-from score_sde.models import utils as mutils
 from score_sde.sampling import get_sampler
 from tests.driver_configs import tiny
 from tests.test_models import make_config
@@ -135,7 +134,8 @@ def test_cd_loss_of_exact_consistency_function_is_zero_with_exact_step():
 def test_cd_loss_with_heun_step_is_its_discretisation_error():
     """Heun on dx/dsigma = a(sigma) (x - mu), a = sigma / (s^2 + sigma^2), multiplies x - mu by
     g = 1 + h/2 (a1 + a0 (1 + h a1)) (h = s_cur - s_next, a1 at s_next, a0 at s_cur) instead of
-    the exact ratio q; the l2 loss per example is then (r(s_cur) (g - q))^2 mean((x_{n+1} - mu)^2)."""
+    the exact ratio q; the l2 loss per example is then
+    (r(s_cur) (g - q))^2 mean((x_{n+1} - mu)^2)."""
     x, z, s_cur, s_next = _cd_batch()
     heun = lambda v, a, b: CL.ode_step(exact_denoiser, v, a, b, "heun")  # noqa: E731
     student, target = CL.cd_outputs(exact_f, exact_f, heun, x, z, s_cur, s_next)
@@ -198,13 +198,17 @@ def test_inpainting_and_sdedit_take_the_consistency_function():
     x = np.asarray(x)
     assert int(nfe) == 2 and np.all(x[:, :2] == 2.0)  # the known pixels are the observation
     assert abs(x[:, 2:].mean() - MU) < 0.5 and x[:, 2:].std() > 0.3  # the rest is sampled
-    # SDEdit from t0 = 1: one evaluation at t0 (2's level 2.5 lies above it and is dropped).
+    # SDEdit from t0 = 1: the level 2.5 lies above t0 and is dropped (one evaluation, at t0);
+    # the default levels span [sigma_min, t0] instead.
     guide = jnp.full((4000, 4), 1.0)
-    edit = controllable.sdedit("consistency", SDE, guide, 1.0, eps=SIGMA_MIN, nfe=2)
+    edit = controllable.sdedit("consistency", SDE, guide, 1.0, eps=SIGMA_MIN, nfe=2,
+                               consistency_sigmas=(2.5,))
     y, used = edit(jax.random.PRNGKey(1), exact_f)
     r = math.sqrt(S**2 + SIGMA_MIN**2) / math.sqrt(S**2 + 1.0)
     assert int(used) == 1
     assert abs(float(y.mean()) - (MU + r * (1.0 - MU))) < 0.02
+    default = controllable.sdedit("consistency", SDE, guide, 1.0, eps=SIGMA_MIN, nfe=2)
+    assert int(default(jax.random.PRNGKey(1), exact_f)[1]) == 2
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -231,6 +235,7 @@ def test_score_modes_refuse_a_consistency_model_and_vice_versa():
 # ------------------------------------------------------------------------------ teacher
 
 
+@pytest.mark.slow
 def test_teacher_config_not_matching_its_checkpoint_is_one_clear_error(tmp_path):
     from score_sde import checkpoints, distillation
 
