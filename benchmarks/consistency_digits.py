@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, configs
 
 
 def _config(path: str):
@@ -41,6 +44,8 @@ def fd(args) -> dict:
         config.sampling.nfe = args.nfe
     if args.grid:
         config.sampling.grid = args.grid
+    if args.sigmas:
+        config.sampling.consistency_sigmas = tuple(float(v) for v in args.sigmas.split(","))
     r = inference.Restorer(config, args.workdir)
     try:
         state, step = r.restore(args.step)
@@ -58,7 +63,8 @@ def fd(args) -> dict:
     png = out.parent / f"{out.stem}_{args.name}.png"
     log.save_image_grid(png, images[:64].astype(np.float32) / 255.0)
     row = {"name": args.name, "workdir": args.workdir, "step": step, "method": args.method,
-           "nfe": nfe, "n": len(images), "digits_fd": round(digits_fd(images / 255.0), 3),
+           "nfe": nfe, "sigmas": args.sigmas, "n": len(images),
+           "digits_fd": round(digits_fd(images / 255.0), 3),
            "seconds_incl_compile": round(seconds, 1), "grid": str(png)}
     with out.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -114,6 +120,7 @@ def main() -> None:
     f.add_argument("--method", default="consistency")
     f.add_argument("--nfe", type=int, default=None)
     f.add_argument("--grid", default=None)
+    f.add_argument("--sigmas", default=None, help="consistency_sigmas, e.g. 0.821 or 17,2.5,0.17")
     f.add_argument("--step", type=int, default=None)
     f.add_argument("--num_samples", type=int, default=2048)
     f.add_argument("--batch", type=int, default=256)
