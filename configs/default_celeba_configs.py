@@ -33,6 +33,12 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.probability_flow = False
     sampling.snr = 0.17
     add_config_fields(sampling)  # nfe, grid, eta, ... (score_sde.sampling)
+    # --mode sample (score_sde.generate): how many samples, in global batches of what size, as
+    # 'npz' shards, 'png' files or 'both', into output_dir ('' = workdir/<eval_folder>/samples_<step>)
+    sampling.num_samples = 64
+    sampling.batch_size = 64
+    sampling.output_format = 'npz'
+    sampling.output_dir = ''
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.ckpt = -1  # snapshot for sample/likelihood (step = ckpt * snapshot_freq); -1 = newest
@@ -57,6 +63,12 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.num_channels = 3
     data.num_workers = -1  # decoding processes; -1: min(cores, 8), 0 for in-memory data
     data.corrupt_images = 'error'  # an undecodable image in an image folder: 'error' or 'skip'
+    # Training data: a class-stratified fraction of the training split (fixed by subset_seed),
+    # and generated samples (.npz shards or an image folder) making up synthetic_ratio of each batch.
+    data.subset_fraction = 1.0
+    data.subset_seed = 0
+    data.synthetic = ''
+    data.synthetic_ratio = 0.0
 
     config.model = model = ml_collections.ConfigDict()
     model.sigma_min = 0.01

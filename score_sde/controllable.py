@@ -10,19 +10,19 @@ pixel mask; colorization: the grey direction of the channels) are solved as publ
 step the known part is replaced by the observation perturbed to the current time,
 x_known_t = alpha_t x_known + sigma_t z. Every fixed-step sampler takes such a merge as its
 `project` argument (after the prior draw and after each update): 'pc' (any predictor and
-corrector), 'ddim', 'heun', 'dpm_solver++'. The adaptive ODE solver has no fixed steps to merge
-at. The replacement is the published approximation: it uses the joint score with the known part
-plugged in, not the conditional score (which has an extra term grad_u log p(x_known_0 | x_t));
-Langevin correctors at the last, low-noise steps pull the unknown part towards the exact
-conditional, the corrector-free samplers keep a bias (tests/test_controllable.py measures both).
+corrector), 'ddim', 'heun', 'dpm_solver++', 'unipc', 'ipndm'. The adaptive ODE solver has
+no fixed steps to merge at. The replacement is the published approximation: it uses the joint
+score with the known part plugged in, not the conditional score (which has an extra term
+grad_u log p(x_known_0 | x_t)); Langevin correctors at the last, low-noise steps pull the
+unknown part towards the exact conditional, the corrector-free samplers keep a bias
+(tests/test_controllable.py measures both).
 
-SDEdit (Meng et al. 2022) perturbs a guide image to t0 and solves back with any sampler: the
-sampler is built on the SDE restricted to [0, t0] whose "prior" is the perturbed guide.
+SDEdit (Meng et al. 2022) perturbs a guide image to t0 and solves back with a fixed-step sampler
+or the ODE: the sampler's own times below t0 (`ts`) from the perturbed guide (`x_init`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -220,61 +220,70 @@ def get_colorizer(sde: SDE, shape: tuple[int, ...], sampler: str = "pc", **optio
 # ----------------------------------------------------------------------------------- SDEdit
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class StartFrom(SDE):
-    """`base` restricted to [0, t_start], whose "prior" is x_start perturbed to t_start.
+def sdedit_times(full: np.ndarray, t0: float) -> np.ndarray:
+    """A sampler's times below t0, started at t0: [t0, *full[full < t0]].
 
-    Any sampler built on it starts from alpha(t_start) x_start + sigma(t_start) z and solves
-    back to eps with the base SDE's coefficients: SDEdit for every sampler without changing
-    them. N keeps the base step size on [0, t_start] (PC's default n_steps).
+    A grid point just below t0 (closer than half its own next step) is dropped, so that no
+    step is much shorter than its neighbours (multistep solvers divide by step ratios).
     """
+    below = np.asarray(full, np.float64)[np.asarray(full) < t0]
+    if len(below) > 1 and t0 - below[0] < 0.5 * (below[0] - below[1]):
+        below = below[1:]
+    return np.concatenate([[t0], below]).astype(np.float32)
 
-    base: SDE
-    t_start: float
-    x_start: Array
-    N: int = 1
 
-    @property
-    def T(self) -> float:
-        return self.t_start
+def get_editor(sde: SDE, shape: tuple[int, ...], t0: float,
+               sampler: str | Callable[..., Sampler] = "pc", eps: float = 1e-3, **options):
+    """SDEdit (Meng et al. 2022): `edit(rng, score_fn, guide) -> (x, nfe)`.
 
-    def sde(self, x, t):
-        return self.base.sde(x, t)
+    The guide (of `shape`) is perturbed to t0, x_t0 = alpha guide + sigma z, and the sampler
+    solves back to eps from that x_init on its own times below t0 (`ts`, sdedit_times): the
+    cost scales with t0 (PC keeps its step size; an nfe budget is the one of a solve from T),
+    t0 = T is the unconditional sampler. The guide is an input, so one compiled editor serves
+    every guide. sampler: a name for `score_sde.sampling.get_sampler` or a factory
+    `(sde, shape, *, eps, ts, **options)` (e.g. `pc_sampler`) of a fixed-step sampler or the
+    ODE. t0 in (0, T] trades faithfulness (small t0) for realism (large t0); t0 <= eps returns
+    the guide unchanged (nfe 0).
+    """
+    if not 0.0 < t0 <= sde.T:
+        raise ValueError(f"SDEdit: t0 must be in (0, {sde.T}], got {t0}")
+    if t0 <= eps:
+        return lambda rng, score_fn, guide: (jnp.asarray(guide), jnp.asarray(0, jnp.int32))
+    if isinstance(sampler, str):
+        name = sampler
 
-    def marginal_coeffs(self, t):
-        return self.base.marginal_coeffs(t)
+        def build(**kw):
+            return get_sampler(name, sde, shape, eps=eps, **kw)
+    else:
+        name = getattr(sampler, "__name__", "sampler")
 
-    def t_from_log_snr(self, log_snr):
-        return self.base.t_from_log_snr(log_snr)
+        def build(**kw):
+            return sampler(sde, shape, eps=eps, **kw)
 
-    def discretize(self, x, t):
-        return self.base.discretize(x, t)
+    full = getattr(build(**options), "ts", None)
+    if full is None:
+        raise ValueError(f"SDEdit: sampler {name!r} has no time grid to start at t0 from; use a "
+                         "fixed-step sampler ('pc', 'ddim', 'dpm_solver++', ...) or 'ode'")
+    ts = sdedit_times(full, float(t0))
+    try:
+        sample = build(**options, ts=ts)
+    except ValueError as e:
+        raise ValueError(f"SDEdit from t0={t0}: {name} keeps {len(ts) - 1} of its "
+                         f"{len(full) - 1} steps below t0, too few ({e}); raise t0 or nfe") from e
 
-    def prior_sampling(self, rng, shape):
-        if tuple(shape) != tuple(self.x_start.shape):
-            raise ValueError(f"SDEdit: the sampler's shape {tuple(shape)} differs from the "
-                             f"guide's {tuple(self.x_start.shape)}")
-        mean, std = self.base.marginal_prob(self.x_start, full_t(self.t_start, self.x_start))
-        return mean + batch_mul(std, jax.random.normal(rng, mean.shape, mean.dtype))
+    def edit(rng, score_fn, guide):
+        guide = jnp.asarray(guide, jnp.float32)
+        rng, noise_rng = jax.random.split(rng)
+        mean, std = sde.marginal_prob(guide, full_t(t0, guide))
+        x_t0 = mean + batch_mul(std, jax.random.normal(noise_rng, mean.shape, mean.dtype))
+        return sample(rng, score_fn, x_init=x_t0)
 
-    def prior_logp(self, z):
-        raise NotImplementedError("SDEdit's start distribution has no closed-form density")
+    return edit
 
 
 def sdedit(sampler: str | Callable[..., Sampler], sde: SDE, guide: Array, t0: float,
            eps: float = 1e-3, **options) -> Sampler:
-    """SDEdit: `sample(rng, score_fn) -> (x, nfe)` from x_t0 = alpha guide + sigma z back to eps.
-
-    sampler: a name for `score_sde.sampling.get_sampler` or a factory `(sde, shape, **options)`
-    (e.g. `pc_sampler`). t0 in (0, T] trades faithfulness (small t0) for realism (large t0):
-    t0 = T is unconditional sampling, t0 <= eps returns the guide unchanged (nfe 0).
-    """
+    """SDEdit of one guide: `sample(rng, score_fn) -> (x, nfe)` (get_editor's edit)."""
     guide = jnp.asarray(guide, jnp.float32)
-    if not 0.0 < t0 <= sde.T:
-        raise ValueError(f"SDEdit: t0 must be in (0, {sde.T}], got {t0}")
-    if t0 <= eps:
-        return lambda rng, score_fn: (guide, jnp.asarray(0, jnp.int32))
-    start = StartFrom(sde, float(t0), guide, N=max(int(round(sde.N * t0 / sde.T)), 1))
-    if isinstance(sampler, str):
-        return get_sampler(sampler, start, guide.shape, eps=eps, **options)
-    return sampler(start, guide.shape, eps=eps, **options)
+    edit = get_editor(sde, guide.shape, t0, sampler, eps, **options)
+    return lambda rng, score_fn: edit(rng, score_fn, guide)

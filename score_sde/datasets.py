@@ -267,8 +267,9 @@ def _first_readable(files: tuple[str, ...], num_channels: int) -> int | None:
     return None
 
 
-def list_images(base) -> tuple[str, ...]:
-    """The image files under an epath folder (any depth), sorted, as path strings.
+def list_images(base, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> tuple[str, ...]:
+    """The image files (or others, by `suffixes`) under an epath folder (any depth), sorted,
+    as path strings.
 
     fsspec's walk (etils' gs:// backend without TensorFlow) yields its folders without the
     'gs://' prefix, which is put back so that the files are read from the bucket.
@@ -281,7 +282,7 @@ def list_images(base) -> tuple[str, ...]:
         if scheme and not folder.startswith(scheme):
             folder = scheme + folder.lstrip("/")
         files += [f"{folder.rstrip('/')}/{name}" for name in names
-                  if name.lower().endswith(IMAGE_SUFFIXES)]
+                  if name.lower().endswith(suffixes)]
     return tuple(sorted(files))
 
 
@@ -309,6 +310,64 @@ def image_folder_source(config, split: str) -> ImageFolder:
     return ImageFolder(files, channels, readable)
 
 
+@dataclasses.dataclass(frozen=True)
+class SubsetSource:
+    """The examples `indices` of another source, in that order."""
+
+    source: Source
+    indices: np.ndarray
+
+    @property
+    def levels(self) -> int:
+        return self.source.levels
+
+    @property
+    def has_labels(self) -> bool:
+        return self.source.has_labels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.source[int(self.indices[int(index)])]
+
+
+def source_labels(source: Source) -> np.ndarray | None:
+    """Every label of a source (None without labels); in-memory sources without reading images."""
+    if not source.has_labels:
+        return None
+    if isinstance(source, ArraySource):
+        return np.asarray(source.labels)
+    if isinstance(source, SubsetSource):
+        labels = source_labels(source.source)
+        return None if labels is None else labels[source.indices]
+    return np.asarray([source[i]["label"] for i in range(len(source))])
+
+
+def stratified_indices(labels: np.ndarray | None, n: int, fraction: float, seed: int
+                       ) -> np.ndarray:
+    """Sorted indices of a `fraction` of n examples, fixed by `seed`: per class, round(fraction x
+    its count) (at least one) examples; without labels, round(fraction x n) of all."""
+    rng = np.random.default_rng([seed, 5])
+    if labels is None:
+        return np.sort(rng.permutation(n)[:max(1, round(fraction * n))])
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        chosen.append(rng.permutation(members)[:max(1, round(fraction * len(members)))])
+    return np.sort(np.concatenate(chosen))
+
+
+def subset_source(source: Source, fraction: float, seed: int) -> Source:
+    """A class-stratified `fraction` of a source (config.data.subset_fraction); 1: all of it."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"config.data.subset_fraction={fraction}; give a fraction in (0, 1]")
+    if fraction == 1.0:
+        return source
+    return SubsetSource(source, stratified_indices(source_labels(source), len(source),
+                                                   fraction, seed))
+
+
 def get_source(config, split: str) -> Source:
     """The random-access source named by config.data.dataset for split 'train' or 'test'."""
     if split not in SPLITS:
@@ -322,6 +381,71 @@ def get_source(config, split: str) -> Source:
         return image_folder_source(config, split)
     raise ValueError(f"config.data.dataset={config.data.dataset!r} is not known; choose one of "
                      f"{['DIGITS', *_TFDS, 'FFHQ', 'CELEBAHQ', 'IMAGE_FOLDER']}")
+
+
+def synthetic_source(path: str, num_channels: int) -> ArraySource:
+    """Generated samples to mix into training (config.data.synthetic), read into memory.
+
+    `path` is an .npz file, or a folder holding .npz shards (as `--mode sample` writes them:
+    'samples' uint8 NHWC and, for a class-conditional model, 'labels'), or else a folder of
+    PNG/JPEG images, labelled by the name of their folder when every folder name is a class
+    number (`png/3/000017.png`), unlabelled otherwise.
+    """
+    field = f"config.data.synthetic={path!r}"
+    root = storage.path(path)
+    if not root.exists():
+        raise DatasetNotFoundError(f"{field}: no such file or folder; give an .npz file or a "
+                                   "folder of .npz shards or images (e.g. what --mode sample "
+                                   "wrote)")
+    shards = [str(root)] if root.is_file() else list_images(root, (".npz",))
+    if shards:
+        return _npz_samples(shards, field)
+    files = list_images(root)
+    if not files:
+        raise DatasetNotFoundError(f"{field}: neither .npz shards nor images under it")
+    images = np.stack([decode_image(f, num_channels) for f in files])
+    folders = [os.path.basename(os.path.dirname(f)) for f in files]
+    labels = (np.asarray([int(d) for d in folders], np.int32)
+              if all(d.isdigit() for d in folders) else None)
+    return ArraySource(images=images, labels=labels, levels=256)
+
+
+def _npz_samples(shards: list, field: str) -> ArraySource:
+    """The concatenated 'samples' (and 'labels', if every shard has them) of .npz shards."""
+    images, labels = [], []
+    for shard in shards:
+        arrays = storage.load_npz(shard)
+        if "samples" not in arrays:
+            raise ValueError(f"{field}: {shard} has no 'samples' array (it has "
+                             f"{sorted(arrays)}); give shards written by --mode sample")
+        images.append(arrays["samples"])
+        labels.append(arrays.get("labels"))
+    x = np.concatenate(images)
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"{field}: 'samples' must be uint8 (N, H, W, C), got {x.dtype} "
+                         f"{x.shape}")
+    y = None if any(v is None for v in labels) else np.concatenate(labels).astype(np.int32)
+    return ArraySource(images=x, labels=y, levels=256)
+
+
+def mixing_source(config, real: Source) -> tuple[Source | None, float]:
+    """(synthetic source, ratio) of config.data.synthetic / synthetic_ratio, (None, 0) if unset."""
+    path, ratio = config.data.get("synthetic", "") or "", float(
+        config.data.get("synthetic_ratio", 0.0) or 0.0)
+    if not path and not ratio:
+        return None, 0.0
+    if not path or not 0.0 < ratio <= 1.0:
+        raise ValueError(f"config.data.synthetic={path!r} with config.data.synthetic_ratio="
+                         f"{ratio}: give both a path of generated samples and the fraction "
+                         "in (0, 1] of each training batch to draw from it")
+    synthetic = synthetic_source(path, int(config.data.num_channels))
+    if real.has_labels and not synthetic.has_labels:
+        raise ValueError(f"config.data.synthetic={path!r} has no labels but "
+                         f"config.data.dataset={config.data.dataset!r} has: generate them "
+                         "from a class-conditional model, or as PNGs in class folders")
+    if not real.has_labels and synthetic.has_labels:
+        synthetic = dataclasses.replace(synthetic, labels=None)
+    return synthetic, ratio
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -421,6 +545,8 @@ class Pipeline:
     pad_last: bool = False
     num_workers: int = 0
     corrupt: str = "error"
+    synthetic: Source | None = None
+    synthetic_ratio: float = 0.0
 
     def __post_init__(self):
         if self.global_batch % self.process_count:
@@ -433,7 +559,14 @@ class Pipeline:
         if not self.shuffle and not self.pad_last and len(self.source) < self.global_batch:
             raise ValueError(f"the split has {len(self.source)} examples, fewer than one batch "
                              f"of {self.global_batch}; lower the batch size")
-        self._perms: dict[int, np.ndarray] = {}
+        self._perms: dict[int | tuple[int, int], np.ndarray] = {}
+        self.num_synthetic = 0  # synthetic examples in each global batch (training only)
+        if self.synthetic is not None and self.shuffle:
+            if not 0.0 < self.synthetic_ratio <= 1.0:
+                raise ValueError(f"config.data.synthetic_ratio={self.synthetic_ratio}; give the "
+                                 "fraction of each training batch drawn from config.data"
+                                 ".synthetic, in (0, 1]")
+            self.num_synthetic = round(self.synthetic_ratio * self.global_batch)
 
     def __getstate__(self) -> dict:  # sent to worker processes without the permutation cache
         return {**self.__dict__, "_perms": {}}
@@ -447,21 +580,48 @@ class Pipeline:
             return -(-len(self.source) // self.global_batch)
         return len(self.source) // self.global_batch
 
-    def _index(self, position: int) -> int:
-        n = len(self.source)
-        if not self.shuffle:
-            return position % n
-        epoch = position // n
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.pop(min(self._perms))
-            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(n)
-        return int(self._perms[epoch][position % n])
+    def _walk(self, ordinal: int, n: int, stream: tuple[int, ...] = ()) -> int:
+        """Example `ordinal` of an endless walk through per-epoch permutations of n examples
+        (one walk per `stream`: the real data's is (), the synthetic data's (4,))."""
+        epoch = ordinal // n
+        key = (*stream, epoch) if stream else epoch
+        if key not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.pop(next(iter(self._perms)))
+            self._perms[key] = np.random.default_rng([self.seed, *stream, epoch]).permutation(n)
+        return int(self._perms[key][ordinal % n])
 
-    def _read(self, position: int, skipped: list[str]) -> dict[str, Any]:
-        """The source example of a position, or under 'skip' a substitute for a corrupt one."""
+    def synthetic_slots(self, step: int) -> np.ndarray:
+        """The sorted places in global batch `step` that hold synthetic examples, drawn from
+        (seed, step): data.synthetic_ratio of the batch, wherever each host's slice is."""
+        rng = np.random.default_rng([self.seed, 3, step])
+        return np.sort(rng.permutation(self.global_batch)[:self.num_synthetic])
+
+    def _locate(self, position: int) -> tuple[Source, int]:
+        """The source and the index in it of the example at a position of the sequence."""
+        if not self.shuffle:
+            return self.source, position % len(self.source)
+        if not self.num_synthetic:
+            return self.source, self._walk(position, len(self.source))
+        step, place = divmod(position, self.global_batch)
+        slots = self.synthetic_slots(step)
+        before = int(np.searchsorted(slots, place))  # synthetic places before this one
+        if before < len(slots) and slots[before] == place:
+            ordinal = step * self.num_synthetic + before
+            return self.synthetic, self._walk(ordinal, len(self.synthetic), (4,))
+        ordinal = step * (self.global_batch - self.num_synthetic) + place - before
+        return self.source, self._walk(ordinal, len(self.source))
+
+    def _index(self, position: int) -> int:
+        """The index of a position's example in its source (`_locate`)."""
+        return self._locate(position)[1]
+
+    def _read(self, position: int, skipped: list[str]) -> tuple[dict[str, Any], int]:
+        """The example of a position (or under 'skip' a substitute for a corrupt one) and the
+        number of grey levels of its source."""
+        source, index = self._locate(position)
         try:
-            return self.source[self._index(position)]
+            return source[index], source.levels
         except CorruptImageError as e:
             if self.corrupt != "skip":
                 raise
@@ -470,14 +630,13 @@ class Pipeline:
                                                                          size=16)
         for index in draws:  # a few random draws, then the image known to decode
             try:
-                return self.source[int(index)]
+                return self.source[int(index)], self.source.levels
             except CorruptImageError as e:
                 skipped.append(e.path)
-        return self.source[getattr(self.source, "readable", 0)]
+        return self.source[getattr(self.source, "readable", 0)], self.source.levels
 
     def _example(self, position: int, skipped: list[str]) -> dict[str, Any]:
-        ex = self._read(position, skipped)
-        levels = self.source.levels
+        ex, levels = self._read(position, skipped)
         x = self.geometry(np.asarray(ex["image"], np.float32) / (levels - 1))
         rng = np.random.default_rng([self.seed, 1, position])
         if self.random_flip and rng.random() < 0.5:
@@ -612,9 +771,16 @@ def _thread_prefetch(fn, start: int, stop: int | None, depth: int) -> Iterator[B
 # ----------------------------------------------------------------------------- config
 
 
+def in_memory_source(source: Source) -> bool:
+    """True for arrays in memory (digits, generated samples) and subsets of them."""
+    if isinstance(source, SubsetSource):
+        return in_memory_source(source.source)
+    return isinstance(source, ArraySource)
+
+
 def default_num_workers(source: Source) -> int:
     """Workers of `data.num_workers = -1`: none for in-memory data, else min(cores, 8)."""
-    if isinstance(source, ArraySource):
+    if in_memory_source(source):
         return 0
     try:
         cores = len(os.sched_getaffinity(0))
@@ -639,7 +805,12 @@ def get_dataset(config, split: str, batch_size: int | None = None, *, seed: int 
     if batch_size is None:
         batch_size = config.training.batch_size if train else config.eval.batch_size
     source = get_source(config, split)
-    in_memory = isinstance(source, ArraySource)
+    synthetic, ratio = None, 0.0
+    if train:  # the test split stays whole and real
+        source = subset_source(source, float(config.data.get("subset_fraction", 1.0) or 1.0),
+                               int(config.data.get("subset_seed", 0)))
+        synthetic, ratio = mixing_source(config, source)
+    in_memory = in_memory_source(source)
     workers = int(config.data.get("num_workers", -1))
     if workers < -1:
         raise ValueError(f"config.data.num_workers={workers}; use -1 (automatic), 0 (read in "
@@ -655,4 +826,5 @@ def get_dataset(config, split: str, batch_size: int | None = None, *, seed: int 
         num_threads=0 if in_memory else int(config.data.get("num_threads", 8)),
         pad_last=pad_last,
         num_workers=default_num_workers(source) if workers == -1 else workers,
-        corrupt=str(config.data.get("corrupt_images", "error")))
+        corrupt=str(config.data.get("corrupt_images", "error")),
+        synthetic=synthetic, synthetic_ratio=ratio)

@@ -265,8 +265,8 @@ def edit(config, workdir: str | Path, input: str | None = None, t0: float = 0.5,
     def build(model, shape, scaler):
         x = scaler(jnp.asarray(guide))
 
-        def factory(sde, shape, eps, **_):
-            return sampling.get_sampler_from_config(config, sde, shape, eps)
+        def factory(sde, shape, eps, **options):  # options: SDEdit's ts
+            return sampling.get_sampler_from_config(config, sde, shape, eps, **options)
 
         return C.sdedit(factory, model.sde, x, float(t0), eps=model.eps)
 

@@ -1,4 +1,5 @@
-"""Evaluation, sampling, likelihood and conversion of trained checkpoints (run_lib.evaluate).
+"""Evaluation, likelihood and conversion of trained checkpoints (run_lib.evaluate); --mode
+sample (N samples to disk) is score_sde.generate.
 
 Everything written here is resumable: each result lives in its own file under
 workdir/<eval_folder>/step_<step>/ and a file that exists is not computed again.
@@ -13,7 +14,6 @@ workdir/<eval_folder>/step_<step>/ and a file that exists is not computed again.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 
 import jax
@@ -24,11 +24,12 @@ from score_sde import checkpoints, datasets, losses, parallel, storage
 from score_sde import logging_utils as log
 from score_sde.eval_hooks import EVAL_HOOKS, register_eval_hook, sample_files
 from score_sde.inference import Restorer, Sampler, make_eval_call, model_score_fn
+from score_sde.sample_shards import local_rows
 
 # Names of the library floor that this module's users import from here (README, notebooks).
 __all__ = ["EVAL_HOOKS", "Restorer", "Sampler", "bits_per_dim", "bpd_over_split", "convert",
            "eval_loss", "evaluate", "get_likelihood_call", "likelihood", "local_rows",
-           "register_eval_hook", "sample", "sample_files", "sample_rounds"]
+           "register_eval_hook", "sample_files", "sample_rounds"]
 
 
 def _write_json(path: Path, values: dict) -> None:
@@ -115,12 +116,6 @@ def _num_repeats(config) -> int:
 # ----------------------------------------------------------------------------- samples
 
 
-def local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of an array sharded on its leading axis, in global order."""
-    shards = {s.index[0].start or 0: np.asarray(s.data) for s in x.addressable_shards}
-    return np.concatenate([shards[k] for k in sorted(shards)])
-
-
 def sample_rounds(r: Restorer, state, step: int, out: Path, sampler: Sampler) -> None:
     config = r.config
     rounds = math.ceil(int(config.eval.num_samples) / sampler.n)
@@ -193,42 +188,6 @@ def _bpd(r: Restorer, state, out: Path) -> float:
             bpd = storage.load_npz(path)["bpd"]
         values.append(bpd)
     return float(np.mean(np.concatenate(values)))
-
-
-def sample(config, workdir: str | Path, eval_folder: str = "eval") -> Path | None:
-    """One batch of samples of the EMA weights: a PNG grid and an .npz in workdir/eval_folder."""
-    r = Restorer(config, workdir)
-    try:
-        state, step = r.restore(r.chosen_step())
-        n = int(config.sampling.get("batch_size", min(int(config.eval.batch_size), 64)))
-        log.say(f"Sampling {n} images from the checkpoint at step {step} with "
-                f"config.sampling.method={config.sampling.method!r}")
-        sampler = Sampler(config, r.sde, r.eps, r.model, r.mesh, n=n)
-        start = time.perf_counter()
-        images, nfe = sampler(state.ema_params, jax.random.PRNGKey(int(config.seed) + 6))
-        images = parallel.to_host(images)
-        seconds = time.perf_counter() - start
-    finally:
-        r.close()
-    if not log.is_main():
-        return None
-    out = Path(workdir) / eval_folder
-    _save_npz(out / f"samples_step_{step}.npz", samples=log.to_uint8(images))
-    path = log.save_image_grid(out / f"samples_step_{step}.png", images)
-    log.say(f"{nfe} score evaluations, {seconds:.1f} s (incl. compilation); grid: {path}; "
-            f"arrays: {out / f'samples_step_{step}.npz'}")
-    if str(config.data.dataset).lower() == "digits":
-        _report_digits_fd(np.asarray(images))
-    return path
-
-
-def _report_digits_fd(images: np.ndarray) -> None:
-    """digits FD of the samples, next to that of as many real test digits (its floor at this n)."""
-    from score_sde.metrics.digits_classifier import digits_fd, digits_split
-
-    real = digits_split()[2][: len(images)]
-    log.say(f"digits FD of the {len(images)} samples: {digits_fd(images):.2f} "
-            f"({len(real)} real test digits: {digits_fd(real):.2f})")
 
 
 def likelihood(config, workdir: str | Path, eval_folder: str = "eval") -> float:

@@ -3,7 +3,8 @@
 Modes (the MODES table; other modules add theirs with `@register_mode(name)`):
   train       train (resuming from the newest checkpoint in workdir)
   eval        loss / bits/dim / samples (+ eval hooks) of the snapshots chosen by config.eval
-  sample      a grid of samples from the newest (or config.eval.ckpt) checkpoint
+  sample      config.sampling.num_samples samples of the newest (or config.eval.ckpt)
+              checkpoint as .npz shards / PNGs, sharded over hosts, resumable
   likelihood  bits/dim of the test split
   convert     a published checkpoint (--init_from_published PATH) -> workdir/checkpoints/0
   fid_stats   reference statistics of a dataset split for FID/KID/IS (digits FD on digits)
@@ -115,9 +116,9 @@ def _eval(config, workdir):
 
 @register_mode("sample")
 def _sample(config, workdir):
-    from score_sde import evaluate
+    from score_sde import generate
 
-    return evaluate.sample(config, workdir, FLAGS.eval_folder)
+    return generate.sample(config, workdir, FLAGS.eval_folder)
 
 
 @register_mode("likelihood")

@@ -386,3 +386,74 @@ def test_training_on_a_folder_with_a_corrupt_image(tmp_path, policy):
     else:
         assert done.returncode == 0, done.stderr[-3000:]
         assert lines[0].startswith("score_sde: warning: skipped the corrupt dataset image")
+
+
+# ----------------------------------------------------------------------------- subset, synthetic
+
+
+def test_stratified_subset_keeps_each_class_share_and_depends_only_on_its_seed(config):
+    labels = datasets.get_source(config, "train").labels
+    cfg = driver_configs.tiny({"data.subset_fraction": 0.1})
+    sub = _pipeline(cfg).source
+    counts = np.bincount(datasets.source_labels(sub), minlength=10)
+    assert counts.tolist() == [round(0.1 * c) for c in np.bincount(labels)]  # 142 of 1437
+    again = _pipeline(cfg, seed=5).source  # the training seed does not move the subset
+    assert np.array_equal(sub.indices, again.indices)
+    other = _pipeline(driver_configs.tiny({"data.subset_fraction": 0.1, "data.subset_seed": 1}))
+    assert not np.array_equal(sub.indices, other.source.indices)
+    assert len(_pipeline(cfg, "test", shuffle=False).source) == 360  # the test split stays whole
+    with pytest.raises(ValueError, match=r"config.data.subset_fraction=1.5"):
+        _pipeline(driver_configs.tiny({"data.subset_fraction": 1.5}))
+
+
+def _mixed(ratio, process_index=0, process_count=1):
+    """Real examples labelled 0..29, synthetic ones 1000..1011: labels tell them apart."""
+    real = datasets.ArraySource(np.zeros((30, 8, 8, 1), np.uint8), np.arange(30), levels=17)
+    synthetic = datasets.ArraySource(np.full((12, 8, 8, 1), 255, np.uint8),
+                                     np.arange(1000, 1012), levels=256)
+    return datasets.Pipeline(real, global_batch=8, seed=3, shuffle=True, geometry=lambda x: x,
+                             process_index=process_index, process_count=process_count,
+                             synthetic=synthetic, synthetic_ratio=ratio)
+
+
+def test_synthetic_examples_make_up_the_ratio_of_every_batch_deterministically():
+    pipe = _mixed(0.25)
+    batches = [pipe.batch(s)["label"] for s in range(15)]
+    assert all((b >= 1000).sum() == 2 for b in batches)  # round(0.25 x 8) in every batch
+    real = np.concatenate([b[b < 1000] for b in batches])  # 6 real per batch: 90 = 3 epochs
+    for epoch in range(3):  # the real data is walked epoch by epoch, nothing skipped
+        assert sorted(real[30 * epoch:30 * (epoch + 1)]) == list(range(30))
+    synth = np.concatenate([b[b >= 1000] for b in batches])
+    assert sorted(synth[:12]) == list(range(1000, 1012))
+    image = pipe.batch(4)["image"]
+    assert np.array_equal(image.max(axis=(1, 2, 3)) == 1.0, batches[4] >= 1000)  # /255 vs /16
+    hosts = [_mixed(0.25, p, 2).batch(7)["label"] for p in range(2)]  # two hosts' slices
+    assert np.array_equal(np.concatenate(hosts), _mixed(0.25).batch(7)["label"])
+    assert not np.array_equal(batches[0], _mixed(0.5).batch(0)["label"])
+
+
+def test_synthetic_data_from_sample_shards_or_class_folders(tmp_path):
+    from score_sde import sample_shards, storage
+
+    x = np.arange(5 * 64, dtype=np.uint8).reshape(5, 8, 8, 1)
+    for first, stop in ((0, 3), (3, 5)):
+        storage.write_bytes(tmp_path / "npz" / f"samples_00000{first}.npz", sample_shards.npz_bytes(
+            samples=x[first:stop], indices=np.arange(first, stop), labels=np.arange(first, stop)))
+    src = datasets.synthetic_source(str(tmp_path / "npz"), 1)
+    assert np.array_equal(src.images, x) and src.labels.tolist() == [0, 1, 2, 3, 4]
+    for i, label in enumerate((2, 0, 2)):
+        storage.write_bytes(tmp_path / "png" / str(label) / f"{i}.png",
+                            sample_shards.png_bytes(x[i]))
+    src = datasets.synthetic_source(str(tmp_path / "png"), 1)
+    assert src.labels.tolist() == [0, 2, 2] and np.array_equal(src.images[0], x[1])
+    cfg = driver_configs.tiny({"data.synthetic": str(tmp_path / "nowhere"),
+                               "data.synthetic_ratio": 0.5})
+    with pytest.raises(datasets.DatasetNotFoundError, match="nowhere': no such file"):
+        _pipeline(cfg)
+    with pytest.raises(ValueError, match=r"synthetic='' with config.data.synthetic_ratio=0.5"):
+        _pipeline(driver_configs.tiny({"data.synthetic_ratio": 0.5}))
+    storage.write_bytes(tmp_path / "unlabelled" / "a.png", sample_shards.png_bytes(x[0]))
+    cfg = driver_configs.tiny({"data.synthetic": str(tmp_path / "unlabelled"),
+                               "data.synthetic_ratio": 0.5})
+    with pytest.raises(ValueError, match="has no labels but"):
+        _pipeline(cfg)

@@ -251,7 +251,7 @@ def test_train_resume_evaluate_and_sample_in_a_bucket(gcs, in_process_gcs):
     assert "Resuming from the checkpoint at step 2" in resumed.stdout
     _run_main(gcs, workdir, "--mode=eval")
     sampled = _run_main(gcs, workdir, "--mode=sample")
-    assert f"{workdir}/eval/samples_step_4.png" in sampled.stdout
+    assert f"{workdir}/eval/samples_step_4" in sampled.stdout
     _run_main(gcs, workdir, "--mode=fid_stats", "--split=test")
 
     # orbax (tensorstore) checkpoints: both snapshots, the newest pre-emption checkpoint
@@ -271,8 +271,9 @@ def test_train_resume_evaluate_and_sample_in_a_bucket(gcs, in_process_gcs):
     assert [s for s, _ in sorted(_scalars(events)["train/loss"])] == [1, 2, 3, 4]
     # images and arrays
     assert storage.read_image(root / "samples" / "iter_4" / "sample.png").ndim >= 2
-    assert storage.read_image(root / "eval" / "samples_step_4.png").ndim >= 2
-    assert storage.load_npz(root / "eval" / "samples_step_4.npz")["samples"].shape == (8, 8, 8, 1)
+    assert storage.read_image(root / "eval" / "samples_step_4" / "grid.png").ndim >= 2
+    shard = storage.load_npz(root / "eval" / "samples_step_4" / "samples_000000.npz")
+    assert shard["samples"].shape == (64, 8, 8, 1)
     stats = storage.load_npz(root / "eval" / "fid_stats_digits_test.npz")
     assert stats["mu"].shape == (stats["sigma"].shape[0],)
     for step in (2, 4):

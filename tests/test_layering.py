@@ -13,7 +13,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "score_sde"
 # The modules that host a --mode (or a mode's hook): each a mode over the library.
-DRIVERS = {"train", "evaluate", "editing_modes", "sample_quality", "train_classifier"}
+DRIVERS = {"train", "evaluate", "editing_modes", "sample_quality", "train_classifier",
+           "generate"}
 ENTRY_POINT = "main"  # picks a mode: the one module that imports drivers
 
 

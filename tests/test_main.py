@@ -33,9 +33,9 @@ def test_readme_demo_runs_end_to_end(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert (tmp_path / "loss.png").stat().st_size > 1000
     assert (tmp_path / "samples" / "iter_20" / "sample.png").exists()
-    grid = tmp_path / "eval" / "samples_step_20.png"
+    grid = tmp_path / "eval" / "samples_step_20" / "grid.png"
     assert grid.exists() and str(grid) in done.stdout
-    assert (tmp_path / "eval" / "samples_step_20.npz").exists()
+    assert (tmp_path / "eval" / "samples_step_20" / "samples_000000.npz").exists()
 
 
 @pytest.mark.parametrize("args,message", [

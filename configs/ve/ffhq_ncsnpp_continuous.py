@@ -32,6 +32,12 @@ def get_config():
     sampling.n_steps_each = 1
     sampling.noise_removal = True
     add_config_fields(sampling)  # nfe, grid, eta, ... (score_sde.sampling)
+    # --mode sample (score_sde.generate): how many samples, in global batches of what size, as
+    # 'npz' shards, 'png' files or 'both', into output_dir ('' = workdir/<eval_folder>/samples_<step>)
+    sampling.num_samples = 64
+    sampling.batch_size = 64
+    sampling.output_format = 'npz'
+    sampling.output_dir = ''
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.ckpt = -1  # snapshot for sample/likelihood (step = ckpt * snapshot_freq); -1 = newest
@@ -57,6 +63,12 @@ def get_config():
     data.num_channels = 3
     data.num_workers = -1  # decoding processes; -1: min(cores, 8), 0 for in-memory data
     data.corrupt_images = 'error'  # an undecodable image in an image folder: 'error' or 'skip'
+    # Training data: a class-stratified fraction of the training split (fixed by subset_seed),
+    # and generated samples (.npz shards or an image folder) making up synthetic_ratio of each batch.
+    data.subset_fraction = 1.0
+    data.subset_seed = 0
+    data.synthetic = ''
+    data.synthetic_ratio = 0.0
     # Plug in your own path to the tfrecords file.
     data.tfrecords_path = '/raid/song/ffhq-dataset/ffhq/ffhq-r10.tfrecords'
 

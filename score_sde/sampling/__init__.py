@@ -6,11 +6,26 @@ score calls. The fixed-step ones also take `sample(rng, score_fn, project)`, a h
 `project(rng, x, x_mean, t) -> (x, x_mean)` applied after the prior draw and every update
 (inpainting and colorization merge their observation with it: score_sde.controllable).
 Methods: 'pc' (predictor-corrector), 'ode' (probability flow, diffrax), 'ddim', 'heun' (EDM),
-'dpm_solver++', and 'consistency' (takes a consistency function f(x, t) in place of
-score_fn). Pass `sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the
-batch out over devices. A new sampler is one function decorated with
-`@register_sampler(name, merges=...)`: its keyword options become config.sampling fields
-(score_sde.sampling.registry).
+'dpm_solver++', 'unipc' (UniPC, orders 1-3), 'ipndm' (iPNDM, orders 1-4) and 'consistency'
+(a consistency model's f(x, t) in place of score_fn: score_sde.sampling.consistency). Pass
+`sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the batch out over devices. A new
+sampler is one function decorated with `@register_sampler(name, merges=...)`: its keyword
+options become config.sampling fields (score_sde.sampling.registry).
+
+For other JAX code (every fixed-step sampler: pc, ddim, heun, dpm_solver++, unipc, ipndm):
+  * `ts=` at build time: an explicit strictly decreasing array of times inside [eps, T]; it
+    overrides grid / nfe / n_steps (the sampler takes len(ts) - 1 steps; heun takes the len(ts)
+    points as its grid plus the last step to noise 0). Too short for the order, not strictly
+    decreasing or outside [eps, T]: a ValueError. The built sampler's times are `sample.ts`.
+  * `sample(rng, score_fn, x_init=x)`: start from the given state x at ts[0] (shape = the
+    sampler's shape) instead of a prior draw; the sampler's own noise is the same either way.
+  * `sample(rng, score_fn, return_path=True) -> (x, nfe, path)`: path[k] is the state at ts[k]
+    (the noise-free x_mean where the sampler returns that, e.g. PC with noise_removal), shape
+    (len(ts), *shape) with path[0] the start and path[-1] == x; heun's is (len(ts) + 1, *shape),
+    its last state at noise 0.
+The adaptive 'ode' sampler takes all three too: it solves from ts[0] to ts[-1] (a fixed-step
+solve, nfe given, steps to each time of ts) and its path is the solution at ts (default
+ts = [T, eps]).
 """
 
 from __future__ import annotations
@@ -20,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 
 # The sampler modules register their samplers when imported (register_sampler).
-from score_sde.sampling import consistency, fast, ode, pc  # noqa: F401
+from score_sde.sampling import consistency, fast, ipndm, ode, pc, unipc  # noqa: F401
 from score_sde.sampling.correctors import register_corrector
 from score_sde.sampling.grids import get_time_grid, register_grid
 from score_sde.sampling.predictors import register_predictor
@@ -116,7 +131,11 @@ def class_labels_from_config(config, n: int,
 
 
 def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
-                            sharding=None) -> Sampler:
-    """The sampler named by config.sampling.method, with its options from config.sampling."""
+                            sharding=None, **overrides) -> Sampler:
+    """The sampler named by config.sampling.method, with its options from config.sampling.
+
+    overrides: options that win over the config's (e.g. ts= from SDEdit).
+    """
     method, options = sampler_options_from_config(config)
-    return get_sampler(method, sde, shape, eps=eps, sharding=sharding, **options)
+    return get_sampler(method, sde, shape, eps=eps, sharding=sharding,
+                       **{**options, **overrides})

@@ -1,5 +1,6 @@
-"""Pieces every sampler shares: the prior draw, per-example times, the data prediction, the
-per-step projection hook."""
+"""Pieces every sampler shares: its times (a named grid or an explicit `ts`), the first state
+(a prior draw or `x_init`), per-example times, the data prediction, the per-step projection
+hook, the optional returned path."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from score_sde.sampling.grids import get_time_grid
 from score_sde.sde_lib import SDE, ScoreFn, batch_mul
 
 Array = jax.Array
@@ -76,3 +79,63 @@ def projection_steps(project: Project | None, rng: Array) -> tuple[Array, Projec
         return project(jax.random.fold_in(project_rng, k), x, x_mean, full_t(t, x))
 
     return rng, apply
+
+
+def step_times(sampler: str, sde: SDE, eps: float, ts, grid: str, n_steps: int,
+               sigma_range: tuple[float, float] | None = None,
+               min_steps: int = 1) -> np.ndarray:
+    """The decreasing times a fixed-step sampler visits (float32 numpy, static).
+
+    An explicit `ts` wins over grid / n_steps: it must be 1-D, strictly decreasing, inside
+    [eps, T], with at least min_steps + 1 points (min_steps: what the sampler's order needs).
+    Without it: the named grid of n_steps steps from T to eps (score_sde.sampling.grids).
+    """
+    if ts is None:
+        if n_steps < min_steps:
+            raise ValueError(f"{sampler}: {n_steps} steps are too few; it needs at least "
+                             f"{min_steps} (raise nfe or lower order)")
+        return get_time_grid(grid, sde, n_steps, eps, sigma_range)
+    ts = np.asarray(ts, np.float64)
+    if ts.ndim != 1 or len(ts) < min_steps + 1:
+        raise ValueError(f"{sampler}: ts must be a 1-D array of at least {min_steps + 1} times "
+                         f"(its order needs {min_steps} steps), got shape {ts.shape}")
+    if not np.all(np.isfinite(ts)):
+        raise ValueError(f"{sampler}: ts holds a non-finite time: {ts.tolist()}")
+    bad = np.flatnonzero(np.diff(ts) >= 0)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{sampler}: ts must be strictly decreasing, but ts[{i}]={ts[i]:.6g} "
+                         f"<= ts[{i + 1}]={ts[i + 1]:.6g}")
+    tol = 1e-6 * max(abs(sde.T), 1.0)
+    if ts[0] > sde.T + tol or ts[-1] < eps - tol:
+        raise ValueError(f"{sampler}: ts must lie inside [eps, T] = [{eps:.6g}, {sde.T:.6g}], "
+                         f"got [{ts[-1]:.6g}, {ts[0]:.6g}]")
+    return ts.astype(np.float32)
+
+
+def initial_state(sde: SDE, rng: Array, shape: tuple[int, ...], sharding=None,
+                  x_init: Array | None = None) -> tuple[Array, Array]:
+    """(the state at the first time, the rng left): x_init if given, else a prior draw.
+
+    The rng is split as for a prior draw either way, so a sampler's own noise does not depend
+    on whether x_init was given.
+    """
+    x, rng = prior_sample(sde, rng, shape, sharding)
+    if x_init is None:
+        return x, rng
+    if tuple(x_init.shape) != tuple(shape):
+        raise ValueError(f"x_init has shape {tuple(x_init.shape)}, the sampler was built for "
+                         f"{tuple(shape)}")
+    x = jnp.asarray(x_init, x.dtype)
+    return (x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)), rng
+
+
+def with_path(x: Array, nfe: Array, path: Array | None, return_path: bool):
+    """(x, nfe), or (x, nfe, path) when return_path (path: the states stacked, (len, *shape))."""
+    return (x, nfe, path) if return_path else (x, nfe)
+
+
+def schedule(sde: SDE, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """alpha, sigma and lambda = log(alpha / sigma) at the times ts (float64 numpy, static)."""
+    alpha, sigma = (np.asarray(v, np.float64) for v in sde.marginal_coeffs(jnp.asarray(ts)))
+    return alpha, sigma, np.log(alpha / sigma)

@@ -22,42 +22,41 @@ from score_sde.sampling.common import (
     Project,
     data_prediction,
     full_t,
-    prior_sample,
+    initial_state,
     projection_steps,
+    schedule,
+    step_times,
+    with_path,
 )
-from score_sde.sampling.grids import get_time_grid
 from score_sde.sampling.registry import register_sampler
 from score_sde.sde_lib import SDE, batch_mul
 
 
-def _schedule(sde: SDE, ts: np.ndarray) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """alpha, sigma, lambda = log(alpha / sigma) at the grid times (static arrays)."""
-    alpha, sigma = (np.asarray(v, np.float64) for v in sde.marginal_coeffs(jnp.asarray(ts)))
-    return tuple(jnp.asarray(v, jnp.float32) for v in (alpha, sigma, np.log(alpha / sigma)))
-
-
-@register_sampler("ddim", merges=True)
+@register_sampler("ddim", merges=True, fields={"ts": None})
 def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float = 0.0,
                  grid: str = "uniform", sigma_range: tuple[float, float] | None = None,
-                 eps: float = 1e-3, sharding=None):
+                 ts=None, eps: float = 1e-3, sharding=None):
     """DDIM: x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z, one score call per step.
 
     c = eta sigma_s sqrt(1 - exp(2 (lambda_t - lambda_s))) is the posterior std of
     q(x_s | x_t, x_0) scaled by eta: eta = 0 is the deterministic DDIM (the probability-flow
-    ODE's first-order exponential integrator), eta = 1 is ancestral sampling.
+    ODE's first-order exponential integrator), eta = 1 is ancestral sampling. `ts` (decreasing
+    times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1.
     """
-    ts = get_time_grid(grid, sde, nfe, eps, sigma_range)
-    alpha, sigma, lam = (np.asarray(v, np.float64) for v in _schedule(sde, ts))
+    ts = step_times("ddim", sde, eps, ts, grid, nfe, sigma_range)
+    nfe = len(ts) - 1
+    alpha, sigma, lam = schedule(sde, ts)
     c = eta * sigma[1:] * np.sqrt(-np.expm1(2.0 * (lam[:-1] - lam[1:])))
     keep = np.sqrt(np.maximum(sigma[1:] ** 2 - c**2, 0.0))  # the part of eps_hat kept
     alpha, sigma, c, keep, t_grid = (jnp.asarray(v, jnp.float32)
                                      for v in (alpha, sigma, c, keep, ts))
 
-    def sample(rng, score_fn, project: Project | None = None):
+    def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
+               return_path: bool = False):
         x0_hat = data_prediction(sde, score_fn)
         rng, proj = projection_steps(project, rng)
-        x, rng = prior_sample(sde, rng, shape, sharding)
-        x, x_out = proj(x, x, t_grid[0], 0)
+        x, rng = initial_state(sde, rng, shape, sharding, x_init)
+        x, x_first = proj(x, x, t_grid[0], 0)
 
         def step(carry, i):
             x, _ = carry
@@ -65,30 +64,38 @@ def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float 
             eps_hat = (x - alpha[i] * x0) / sigma[i]
             z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
             x = alpha[i + 1] * x0 + keep[i] * eps_hat + c[i] * z
-            return proj(x, x, t_grid[i + 1], i + 1), None
+            x, x_out = proj(x, x, t_grid[i + 1], i + 1)
+            return (x, x_out), x_out if return_path else None
 
-        (x, x_out), _ = jax.lax.scan(step, (x, x_out), jnp.arange(nfe))
-        return x_out, jnp.asarray(nfe, jnp.int32)
+        (x, x_out), path = jax.lax.scan(step, (x, x_first), jnp.arange(nfe))
+        return with_path(x_out, jnp.asarray(nfe, jnp.int32), _stack(x_first, path), return_path)
 
+    sample.ts = ts
     return sample
 
 
-@register_sampler("heun", merges=True)
+@register_sampler("heun", merges=True, fields={"ts": None})
 def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str = "uniform",
                  sigma_range: tuple[float, float] | None = None, S_churn: float = 0.0,
                  S_tmin: float = 0.0, S_tmax: float = float("inf"),
-                 S_noise: float = 1.0, eps: float = 1e-3, sharding=None):
+                 S_noise: float = 1.0, ts=None, eps: float = 1e-3, sharding=None):
     """EDM's stochastic Heun sampler (Karras et al. 2022, Algorithm 2) for any SDE.
 
     EDM's variables are x_edm = x / alpha at noise level sigma_edm = sigma / alpha, with the
     denoiser D(x_edm; sigma_edm) = x0_hat(alpha x_edm, t(sigma_edm)). The grid's n points run
     from T to eps, then a last Euler step goes to sigma_edm = 0: nfe used = 2n - 1 <= nfe.
     S_churn, S_tmin, S_tmax (in sigma_edm units) and S_noise are EDM's churn parameters.
+    `ts` (decreasing times in [eps, T]) overrides grid and nfe: its len(ts) = n points are the
+    grid (nfe = 2 n - 1), and the path has n + 1 states (the last at sigma_edm = 0).
     """
-    n = max((nfe + 1) // 2, 1)
-    ts = (get_time_grid(grid, sde, n - 1, eps, sigma_range) if n > 1
-          else np.asarray([sde.T], np.float32))
-    alpha, sigma, _ = _schedule(sde, ts)
+    if ts is None:
+        n = max((nfe + 1) // 2, 1)
+        ts = (step_times("heun", sde, eps, None, grid, n - 1, sigma_range) if n > 1
+              else np.asarray([sde.T], np.float32))
+    else:
+        ts = step_times("heun", sde, eps, ts, grid, 0)
+        n = len(ts)
+    alpha, sigma, _ = schedule(sde, ts)
     sig = np.append(np.asarray(sigma / alpha, np.float64), 0.0)
     gamma = np.where((sig[:-1] >= S_tmin) & (sig[:-1] <= S_tmax),
                      min(S_churn / n, np.sqrt(2.0) - 1.0), 0.0)
@@ -99,10 +106,14 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str =
     sig, sig_hat, t_hat, t_grid, churn_std = (
         jnp.asarray(v, jnp.float32) for v in (sig, sig_hat, t_hat, ts, churn_std))
 
-    def sample(rng, score_fn, project: Project | None = None):
+    def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
+               return_path: bool = False):
         x0_hat = data_prediction(sde, score_fn)
         rng, proj = projection_steps(project, rng)
-        x_T, rng = prior_sample(sde, rng, shape, sharding)
+        x_T, rng = initial_state(sde, rng, shape, sharding, x_init)
+
+        def to_sde(x, t):  # alpha_t x_edm: the SDE's state (for the path)
+            return batch_mul(sde.marginal_coeffs(full_t(t, x))[0], x)
 
         def denoise(x, t):  # D(x_edm; sigma_edm(t)) through the SDE's own variables
             alpha_t = sde.marginal_coeffs(full_t(t, x))[0]
@@ -125,24 +136,30 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35, grid: str =
             x_next = x_hat + (sig[i + 1] - sig_hat[i]) * d
             d_next = (x_next - denoise(x_next, t_grid[i + 1])) / sig[i + 1]
             x = x_hat + (sig[i + 1] - sig_hat[i]) * (0.5 * d + 0.5 * d_next)
-            return project_edm(x, t_grid[i + 1], i + 1), None
+            x = project_edm(x, t_grid[i + 1], i + 1)
+            return x, to_sde(x, t_grid[i + 1]) if return_path else None
 
-        alpha_T = sde.marginal_coeffs(full_t(sde.T, x_T))[0]
+        alpha_T = sde.marginal_coeffs(full_t(t_grid[0], x_T))[0]
         x = project_edm(batch_mul(1.0 / alpha_T, x_T), t_grid[0], 0)
-        x, _ = jax.lax.scan(step, x, jnp.arange(n - 1))
+        x_first = to_sde(x, t_grid[0])
+        x, path = jax.lax.scan(step, x, jnp.arange(n - 1))
         x_hat = churn(x, n - 1)  # last step: Euler to sigma_edm = 0, i.e. x = D(x_hat)
         x = denoise(x_hat, t_hat[n - 1])
         _, x = proj(x, x, 0.0, n)
-        return x, jnp.asarray(2 * n - 1, jnp.int32)
+        if return_path:
+            path = jnp.concatenate([x_first[None], path, x[None]])
+        return with_path(x, jnp.asarray(2 * n - 1, jnp.int32), path, return_path)
 
+    sample.ts = ts
     return sample
 
 
-@register_sampler("dpm_solver++", merges=True)
+@register_sampler("dpm_solver++", merges=True, fields={"ts": None})
 def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
                           grid: str = "quadratic",
                           sigma_range: tuple[float, float] | None = None, order: int = 2,
-                          lower_order_final: bool = True, eps: float = 1e-3, sharding=None):
+                          lower_order_final: bool = True, ts=None, eps: float = 1e-3,
+                          sharding=None):
     """DPM-Solver++ (Lu et al. 2022): multistep, data prediction, one score call per step.
 
     Step i from lambda_i to lambda_{i+1} (h = lambda_{i+1} - lambda_i, lambda = log alpha/sigma)
@@ -154,12 +171,14 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
     order=2 is DPM-Solver++(2M) as in its Algorithm 2 (D1 = (m0 - m1) / r0, c1 = -phi1 / 2,
     D2 = 0); order=3 is the third-order multistep (c1 = phi2, the exact weight of the linear
     term). The first steps use the history they have; lower_order_final takes the last steps at
-    lower order (steadier at few NFE).
+    lower order (steadier at few NFE). `ts` (decreasing times in [eps, T]) overrides grid and
+    nfe; order p needs p steps.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"dpm_solver++: order must be 1, 2 or 3, got {order}")
-    ts = get_time_grid(grid, sde, nfe, eps, sigma_range)
-    alpha, sigma, lam = (np.asarray(v, np.float64) for v in _schedule(sde, ts))
+    ts = step_times("dpm_solver++", sde, eps, ts, grid, nfe, sigma_range, min_steps=order)
+    nfe = len(ts) - 1
+    alpha, sigma, lam = schedule(sde, ts)
     h = lam[1:] - lam[:-1]
     steps = np.arange(nfe)
     orders = np.minimum(order, steps + 1)
@@ -176,11 +195,12 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
         jnp.asarray(v, jnp.float32) for v in (alpha, sigma, r0, r1, phi1, c1, phi3))
     orders = jnp.asarray(orders)
 
-    def sample(rng, score_fn, project: Project | None = None):
+    def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
+               return_path: bool = False):
         x0_hat = data_prediction(sde, score_fn)
         rng, proj = projection_steps(project, rng)
-        x, _ = prior_sample(sde, rng, shape, sharding)
-        x, x_out = proj(x, x, t_grid[0], 0)
+        x, _ = initial_state(sde, rng, shape, sharding, x_init)
+        x, x_first = proj(x, x, t_grid[0], 0)
 
         def step(carry, i):
             x, _, m1, m2 = carry
@@ -192,10 +212,17 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
             d2 = jnp.where(orders[i] == 3, (d1_0 - d1_1) / (r0[i] + r1[i]), 0.0)
             x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * (
                 phi1[i] * m0 - c1[i] * d1 + 2.0 * phi3[i] * d2)
-            return (*proj(x, x, t_grid[i + 1], i + 1), m0, m1), None
+            x, x_out = proj(x, x, t_grid[i + 1], i + 1)
+            return (x, x_out, m0, m1), x_out if return_path else None
 
         zeros = jnp.zeros_like(x)
-        (_, x_out, _, _), _ = jax.lax.scan(step, (x, x_out, zeros, zeros), jnp.arange(nfe))
-        return x_out, jnp.asarray(nfe, jnp.int32)
+        (_, x_out, _, _), path = jax.lax.scan(step, (x, x_first, zeros, zeros), jnp.arange(nfe))
+        return with_path(x_out, jnp.asarray(nfe, jnp.int32), _stack(x_first, path), return_path)
 
+    sample.ts = ts
     return sample
+
+
+def _stack(first: jax.Array, rest: jax.Array | None) -> jax.Array | None:
+    """The path [first, *rest] (None when the path was not kept)."""
+    return None if rest is None else jnp.concatenate([first[None], rest])

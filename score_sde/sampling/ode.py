@@ -6,9 +6,16 @@ import dataclasses
 
 import diffrax
 import jax.numpy as jnp
+import numpy as np
 
 from score_sde.registry import Registry
-from score_sde.sampling.common import data_prediction, full_t, prior_sample
+from score_sde.sampling.common import (
+    data_prediction,
+    full_t,
+    initial_state,
+    step_times,
+    with_path,
+)
 from score_sde.sampling.registry import register_sampler
 from score_sde.sde_lib import SDE, ScoreFn
 
@@ -41,12 +48,15 @@ def get_ode_solver(name: str) -> OdeSolver:
 
 def solve_flow(sde: SDE, score_fn: ScoreFn, x, t0: float, t1: float, *, solver: str = "tsit5",
                rtol: float = 1e-5, atol: float = 1e-5, n_steps: int | None = None,
-               max_steps: int = 16384):
-    """Integrate the probability-flow ODE from t0 to t1; returns (x(t1), nfe).
+               max_steps: int = 16384, ts: np.ndarray | None = None,
+               save_ts: np.ndarray | None = None):
+    """Integrate the probability-flow ODE from t0 to t1; returns (x(t1), nfe[, path]).
 
-    Adaptive (PID controller, rtol/atol) unless n_steps is given (then fixed steps). A failed
-    solve (max_steps reached) returns NaN rather than raising: diffrax's raise is a host callback
-    that would gather a sharded batch onto one device.
+    Adaptive (PID controller, rtol/atol) unless n_steps is given (then fixed steps; with `ts`,
+    times from t0 to t1, a step to each of them). save_ts (times from t0 to t1) adds the path:
+    the solution at them, (len(save_ts), *x.shape). A failed solve (max_steps reached) returns
+    NaN rather than raising: diffrax's raise is a host callback that would gather a sharded
+    batch onto one device.
     """
     spec = get_ode_solver(solver)
     if n_steps is None and not spec.adaptive:
@@ -55,38 +65,55 @@ def solve_flow(sde: SDE, score_fn: ScoreFn, x, t0: float, t1: float, *, solver: 
     term = diffrax.ODETerm(lambda t, y, args: rsde.sde(y, full_t(t, y))[0])
     if n_steps is None:
         control = dict(stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), dt0=None)
+    elif ts is not None:  # fixed steps onto given times
+        control = dict(stepsize_controller=diffrax.StepTo(jnp.asarray(ts)), dt0=None)
     else:
         control = dict(dt0=(t1 - t0) / n_steps)
-    sol = diffrax.diffeqsolve(term, spec.make(), t0, t1, y0=x, saveat=diffrax.SaveAt(t1=True),
+    saveat = (diffrax.SaveAt(t1=True) if save_ts is None
+              else diffrax.SaveAt(ts=jnp.asarray(save_ts)))
+    sol = diffrax.diffeqsolve(term, spec.make(), t0, t1, y0=x, saveat=saveat,
                               max_steps=max_steps, throw=False, **control)
     nfe = spec.first + spec.per_step * sol.stats["num_steps"]
     ok = sol.result == diffrax.RESULTS.successful
-    return jnp.where(ok, sol.ys[-1], jnp.nan), jnp.asarray(nfe, jnp.int32)
+    ys = jnp.where(ok, sol.ys, jnp.nan)
+    out = (ys[-1], jnp.asarray(nfe, jnp.int32))
+    return out if save_ts is None else (*out, ys)
 
 
-@register_sampler("ode", merges=False, fields={"solver": "ode_solver"})
+@register_sampler("ode", merges=False, fields={"solver": "ode_solver", "ts": None})
 def ode_sampler(sde: SDE, shape: tuple[int, ...], *, solver: str = "tsit5", rtol: float = 1e-5,
                 atol: float = 1e-5, nfe: int | None = None, eps: float = 1e-3,
-                noise_removal: bool = False, max_steps: int = 16384, sharding=None):
-    """x_T ~ prior, then the probability-flow ODE down to eps (black-box solver, like published).
+                noise_removal: bool = False, max_steps: int = 16384, ts=None, sharding=None):
+    """x_T ~ prior (or x_init), then the probability-flow ODE down to eps (black-box solver).
 
     nfe= turns adaptive stepping into fixed steps: steps = (nfe - first) // calls per step.
-    noise_removal adds one Tweedie step x0 = E[x_0 | x_eps] (+1 score call).
+    noise_removal adds one Tweedie step x0 = E[x_0 | x_eps] (+1 score call). `ts` (decreasing
+    times in [eps, T]): the solve runs from ts[0] to ts[-1]; a fixed-step solve (nfe given)
+    steps to each of them; return_path gives the (adaptive or fixed) solution at them.
     """
     spec = get_ode_solver(solver)
     n_steps = None
     if nfe is not None:
         n_steps = max((nfe - spec.first - int(noise_removal)) // spec.per_step, 1)
+    times = None
+    if ts is not None:
+        times = step_times("ode", sde, eps, ts, "uniform", 1)
+        n_steps = None if (n_steps is None and spec.adaptive) else len(times) - 1
+    t0, t1 = (sde.T, eps) if times is None else (float(times[0]), float(times[-1]))
 
-    def sample(rng, score_fn, project=None):
+    def sample(rng, score_fn, project=None, *, x_init=None, return_path: bool = False):
         if project is not None:
             raise ValueError("the adaptive ODE sampler has no fixed steps to project at; use "
-                             "'pc', 'ddim', 'heun' or 'dpm_solver++' for inpainting / colorization")
-        x, _ = prior_sample(sde, rng, shape, sharding)
-        x, n = solve_flow(sde, score_fn, x, sde.T, eps, solver=solver, rtol=rtol, atol=atol,
-                          n_steps=n_steps, max_steps=max_steps)
+                             "'pc', 'ddim', 'heun', 'dpm_solver++', 'unipc' or 'ipndm' for "
+                             "inpainting / colorization")
+        x, _ = initial_state(sde, rng, shape, sharding, x_init)
+        x, n, *path = solve_flow(sde, score_fn, x, t0, t1, solver=solver, rtol=rtol, atol=atol,
+                                 n_steps=n_steps, max_steps=max_steps, ts=times,
+                                 save_ts=sample.ts if return_path else None)
         if noise_removal:
-            x, n = data_prediction(sde, score_fn)(x, full_t(eps, x)), n + 1
-        return x, n
+            x, n = data_prediction(sde, score_fn)(x, full_t(t1, x)), n + 1
+            path = [p.at[-1].set(x) for p in path]
+        return with_path(x, n, path[0] if path else None, return_path)
 
+    sample.ts = times if times is not None else np.asarray([t0, t1], np.float32)
     return sample
