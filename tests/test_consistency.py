@@ -188,6 +188,8 @@ def test_consistency_sampler_levels_checked():
         get_sampler("consistency", SDE, (2, 4), nfe=3, consistency_sigmas=(1.0,))
     with pytest.raises(ValueError, match="decrease"):
         get_sampler("consistency", SDE, (2, 4), nfe=3, consistency_sigmas=(1.0, 2.0))
+    sample = get_sampler("consistency", SDE, (2, 4), nfe=3, consistency_sigmas=(2.0, 1.0))
+    np.testing.assert_allclose(sample.ts, [SIGMA_MAX, 2.0, 1.0], rtol=1e-6)
 
 
 def test_inpainting_and_sdedit_take_the_consistency_function():
@@ -198,17 +200,19 @@ def test_inpainting_and_sdedit_take_the_consistency_function():
     x = np.asarray(x)
     assert int(nfe) == 2 and np.all(x[:, :2] == 2.0)  # the known pixels are the observation
     assert abs(x[:, 2:].mean() - MU) < 0.5 and x[:, 2:].std() > 0.3  # the rest is sampled
-    # SDEdit from t0 = 1: the level 2.5 lies above t0 and is dropped (one evaluation, at t0);
-    # the default levels span [sigma_min, t0] instead.
+    # SDEdit from t0 = 1 keeps the levels below t0: with levels (2.5, 0.5), f at t0 and at 0.5.
     guide = jnp.full((4000, 4), 1.0)
-    edit = controllable.sdedit("consistency", SDE, guide, 1.0, eps=SIGMA_MIN, nfe=2,
-                               consistency_sigmas=(2.5,))
-    y, used = edit(jax.random.PRNGKey(1), exact_f)
-    r = math.sqrt(S**2 + SIGMA_MIN**2) / math.sqrt(S**2 + 1.0)
-    assert int(used) == 1
-    assert abs(float(y.mean()) - (MU + r * (1.0 - MU))) < 0.02
-    default = controllable.sdedit("consistency", SDE, guide, 1.0, eps=SIGMA_MIN, nfe=2)
-    assert int(default(jax.random.PRNGKey(1), exact_f)[1]) == 2
+    edit = controllable.sdedit("consistency", SDE, guide, 1.0, eps=SIGMA_MIN, nfe=3,
+                               consistency_sigmas=(2.5, 0.5))
+    y, used = jax.jit(lambda r: edit(r, exact_f))(jax.random.PRNGKey(1))
+    r = lambda s: math.sqrt(S**2 + SIGMA_MIN**2) / math.sqrt(S**2 + s**2)  # noqa: E731
+    assert int(used) == 2  # mean mu + r(0.5) r(1) (guide - mu): f* is affine, the noise centred
+    assert abs(float(y.mean()) - (MU + r(0.5) * r(1.0) * (1.0 - MU))) < 0.02
+    one = controllable.sdedit("consistency", SDE, guide, 1.0, eps=SIGMA_MIN, nfe=2,
+                              consistency_sigmas=(2.5,))
+    y, used = jax.jit(lambda r: one(r, exact_f))(jax.random.PRNGKey(1))
+    assert int(used) == 1  # f(x_t0, t0) alone: mu + r (guide + t0 z - mu) on average
+    assert abs(float(y.mean()) - (MU + r(1.0) * (1.0 - MU))) < 0.02
 
 
 # ----------------------------------------------------------------------------- refusals
