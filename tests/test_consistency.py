@@ -56,7 +56,7 @@ def edm_config(name: str, **model):
 
 
 def _boundary(name: str):
-    config = edm_config(name)
+    config = edm_config(name, **({"nf": 32} if name == "ddpm" else {}))  # 32 GroupNorm groups
     model = get_model(config)
     params = jax.jit(lambda r: init_model(r, config))(jax.random.PRNGKey(0))
     params = jax.tree.map(lambda p: p + 0.3, params)  # a network whose output is far from 0
