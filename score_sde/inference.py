@@ -7,7 +7,10 @@ of importing each other:
                     reads only the EMA parameters (and the step and PRNG key): the optimizer
                     state is neither built nor read
   model_score_fn    the (class-conditional, classifier-free guided) score function of
-                    network parameters, the `score_fn(x, t)` every sampler takes
+                    network parameters, the `score_fn(x, t)` every sampler takes (a
+                    consistency model has none: refused with one line)
+  model_consistency_fn  the consistency function f(x, t) of a consistency model, what
+                    sampling.method='consistency' takes in place of score_fn
   Sampler           the jitted sampler of config.sampling, sharded over the mesh:
                     `(params, rng) -> (images in [0, 1], nfe)`
   make_eval_call    the jitted evaluation loss of the EMA parameters
@@ -27,6 +30,7 @@ import orbax.checkpoint as ocp
 from etils.epath import Path
 
 from score_sde import checkpoints, controllable, datasets, losses, parallel, sde_lib, storage
+from score_sde.models import consistency
 from score_sde.sampling import class_labels_from_config, get_sampler_from_config
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -117,12 +121,43 @@ def model_score_fn(config, sde: sde_lib.SDE, model, params, labels: jax.Array | 
     """
     from score_sde.models import utils as mutils
 
+    consistency.refuse_score_use(config, "score-based sampling (config.sampling.method), "
+                                 "likelihood and the denoising loss")
     continuous = bool(config.training.continuous)
     num_classes = int(config.model.get("num_classes", 0) or 0)
     if num_classes <= 0 or labels is None:  # no labels: the network's null label
         return mutils.get_score_fn(sde, model, params, train=False, continuous=continuous)
     cond = controllable.model_conditional_score_fn(sde, model, params, continuous)
     return controllable.cfg_from_model(cond, labels, num_classes, float(guidance_scale))
+
+
+def model_consistency_fn(config, sde: sde_lib.SDE, model, params,
+                         labels: jax.Array | None = None) -> ScoreFn:
+    """`f(x, t)` of a consistency model's parameters (class-conditional: `labels`, one per
+    example; without them the network's null label)."""
+    if not consistency.is_consistency_model(config):
+        raise ValueError("config.sampling.method='consistency' needs a consistency model "
+                         "(config.training.objective 'cd' or 'ct'); this config trains a score "
+                         "model: choose another config.sampling.method")
+    num_classes = int(config.model.get("num_classes", 0) or 0)
+    param = consistency.from_config(config, sde)
+
+    def fn(x, t):
+        y = None
+        if num_classes > 0:
+            y = labels if labels is not None else jnp.full((x.shape[0],), num_classes, jnp.int32)
+        return consistency.get_consistency_fn(param, model, params, labels=y)(x, t)
+
+    return fn
+
+
+def sampling_fn(config, sde: sde_lib.SDE, model, params, labels: jax.Array | None = None,
+                scale: float = 0.0) -> ScoreFn:
+    """What config.sampling.method takes: the consistency function for 'consistency', else
+    the score function (`model_score_fn`)."""
+    if str(config.sampling.method).lower() == "consistency":
+        return model_consistency_fn(config, sde, model, params, labels)
+    return model_score_fn(config, sde, model, params, labels, scale)
 
 
 def guidance_scale(config) -> float:
@@ -150,7 +185,7 @@ class Sampler:
         inverse = datasets.get_data_inverse_scaler(config)
 
         def run(params, rng):
-            x, nfe = sample(rng, model_score_fn(config, sde, model, params, labels, scale))
+            x, nfe = sample(rng, sampling_fn(config, sde, model, params, labels, scale))
             return jnp.clip(inverse(x), 0.0, 1.0), nfe
 
         rep = parallel.replicated(mesh)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from score_sde import sde_lib
+from score_sde.models import consistency as consistency_lib
 from score_sde.models import parameterization as param_lib
 from score_sde.models import utils as mutils
 from score_sde.models.parameterization import Parameterization
@@ -36,15 +37,24 @@ class TrainState:
 
 
 def get_optimizer(config) -> optax.GradientTransformation:
-    """Adam with linear warm-up to `optim.lr` over `optim.warmup` steps and global-norm clipping."""
+    """Adam (or RAdam) with linear warm-up to `optim.lr` over `optim.warmup` steps and global-norm
+    clipping (none when optim.grad_clip < 0)."""
     optim = config.optim
-    if str(optim.optimizer).lower() != "adam":
-        raise ValueError(f"config.optim.optimizer={optim.optimizer!r} is not supported; use 'Adam'")
+    name = str(optim.optimizer).lower()
+    if name not in ("adam", "radam"):
+        raise ValueError(f"config.optim.optimizer={optim.optimizer!r} is not supported; use "
+                         "'Adam' or 'RAdam' (the consistency models' published optimizer)")
     warmup = int(optim.warmup)
     if warmup > 0:
         lr = optax.linear_schedule(0.0, optim.lr, warmup)
     else:
         lr = optim.lr
+    if name == "radam":
+        radam = optax.chain(optax.radam(lr, b1=optim.beta1, b2=0.999, eps=optim.eps),
+                            optax.add_decayed_weights(-float(optim.weight_decay) * optim.lr))
+        if optim.grad_clip >= 0:
+            return optax.chain(optax.clip_by_global_norm(optim.grad_clip), radam)
+        return radam
     adam = optax.adamw(lr, b1=optim.beta1, b2=0.999, eps=optim.eps,
                        weight_decay=float(optim.weight_decay))
     if optim.grad_clip >= 0:
@@ -59,7 +69,12 @@ def init_train_state(rng: Array, config, model=None, optimizer=None) -> TrainSta
     init_rng, state_rng = jax.random.split(rng)
     params = models.init_model(init_rng, config)
     optimizer = optimizer if optimizer is not None else get_optimizer(config)
-    return new_train_state(params, optimizer, state_rng)
+    state = new_train_state(params, optimizer, state_rng)
+    if consistency_lib.objective(config) == "cd":  # + target network and teacher weights
+        from score_sde import consistency_losses
+
+        return consistency_losses.with_cd_fields(state)
+    return state
 
 
 def new_train_state(params, optimizer: optax.GradientTransformation, rng: Array) -> TrainState:
@@ -151,6 +166,7 @@ def get_param_loss_fn(param: Parameterization, model, train: bool, reduce_mean: 
 def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> LossFn:
     """The loss the config trains with: continuous DSM (sigma^2 or likelihood weighting), SMLD/DDPM
     when not continuous, EDM's for EDM preconditioning (`parameterization.from_config`)."""
+    consistency_lib.refuse_score_use(config, "the denoising loss (config.eval.enable_loss)")
     tr = config.training
     cond = dict(num_classes=int(config.model.get("num_classes", 0)),
                 class_dropout=float(tr.get("class_dropout", 0.0)) if train else 0.0)

@@ -14,6 +14,8 @@ Modes (the MODES table; other modules add theirs with `@register_mode(name)`):
   train_classifier  a noise-conditional classifier for classifier guidance (config.classifier)
   optimize_grid  the time grid of config.sampling.method / nfe fitted to the checkpoint
               (workdir/grids/*.json; sample with --config.sampling.grid=file:PATH)
+  distill     consistency distillation of a CD config from --teacher_workdir (or a published
+              checkpoint, --init_from_published); consistency training is --mode train
 
 Config values are overridden on the command line, e.g. `--config.training.n_iters=2000`.
 Multi-host: --coordinator_address/--num_processes/--process_id, or --distributed to read the
@@ -47,6 +49,8 @@ flags.DEFINE_string("eval_folder", "eval", "Sub-folder of workdir for evaluation
 flags.DEFINE_string("init_from_published", None,
                     "A checkpoint of the published score_sde code: the starting weights of "
                     "--mode train, or what --mode convert converts.")
+flags.DEFINE_string("teacher_workdir", None,
+                    "--mode distill: the workdir of the trained score model to distill.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
@@ -78,7 +82,7 @@ MODES: Registry[Mode] = Registry("mode", field="--mode")
 # DatasetNotFoundError and the workdir hold; FloatingPointError covers train.NonFiniteLossError.
 USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, IndexError)
 # Modes that create the workdir when it does not exist (the others read a trained one).
-CREATES_WORKDIR = ("train", "convert", "train_classifier")
+CREATES_WORKDIR = ("train", "convert", "train_classifier", "distill")
 
 
 def register_mode(name: str) -> Callable[[Mode], Mode]:
@@ -95,6 +99,14 @@ def _train(config, workdir):
     from score_sde import train
 
     return train.train(config, workdir, init_from_published=FLAGS.init_from_published)
+
+
+@register_mode("distill")
+def _distill(config, workdir):
+    from score_sde import train
+
+    return train.distill(config, workdir, teacher_workdir=FLAGS.teacher_workdir,
+                         init_from_published=FLAGS.init_from_published)
 
 
 @register_mode("eval")

@@ -31,7 +31,9 @@ from jax.experimental import multihost_utils
 
 from score_sde import (
     checkpoints,
+    consistency_losses,
     datasets,
+    distillation,
     losses,
     parallel,
     preemption,
@@ -41,6 +43,7 @@ from score_sde import (
 )
 from score_sde import logging_utils as log
 from score_sde.inference import Sampler, make_eval_call
+from score_sde.models import consistency as consistency_lib
 
 # Donation is a no-op on the CPU backend; the warning says so on every compile.
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -125,9 +128,15 @@ def _all_finite(tree) -> jax.Array:
 
 
 class Trainer:
-    """Everything `train` builds once: mesh, SDE, model, optimiser, jitted calls, data."""
+    """Everything `train` builds once: mesh, SDE, model, optimiser, jitted calls, data.
 
-    def __init__(self, config, workdir: str | os.PathLike):
+    A consistency model (config.training.objective 'cd' / 'ct') trains with
+    consistency_losses' step (CD: with `teacher`, a distillation.Teacher) and has no
+    evaluation loss (eval_call None).
+    """
+
+    def __init__(self, config, workdir: str | os.PathLike,
+                 teacher: distillation.Teacher | None = None):
         self.config, self.workdir = config, epath.Path(workdir)
         self.mesh = parallel.make_mesh()
         self.n_jit = check_config(config, self.mesh)
@@ -138,13 +147,17 @@ class Trainer:
         self.optimizer = losses.get_optimizer(config)
         self.scaler = datasets.get_data_scaler(config)
         self.inverse_scaler = datasets.get_data_inverse_scaler(config)
-        self.train_call = make_train_call(
-            losses.get_step_fn(config, self.sde, self.model, self.optimizer, train=True),
-            self.mesh, self.scaler, stop_vote=True)
+        self.eval_call = None
+        if consistency_lib.is_consistency_model(config):
+            step_fn = consistency_losses.get_step_fn(
+                config, self.model, self.optimizer, teacher.spec() if teacher else None)
+        else:
+            step_fn = losses.get_step_fn(config, self.sde, self.model, self.optimizer, True)
+            self.eval_call = make_eval_call(
+                losses.get_step_fn(config, self.sde, self.model, self.optimizer, train=False),
+                self.mesh, self.scaler)
+        self.train_call = make_train_call(step_fn, self.mesh, self.scaler, stop_vote=True)
         self._votes = {flag: stop_votes(self.mesh, flag) for flag in (False, True)}
-        self.eval_call = make_eval_call(
-            losses.get_step_fn(config, self.sde, self.model, self.optimizer, train=False),
-            self.mesh, self.scaler)
         self.train_ds = datasets.get_dataset(config, "train")
         self.eval_ds = datasets.get_dataset(config, "test")
 
@@ -182,8 +195,22 @@ def _crossed(step: int, freq: int) -> bool:
     return step % freq == 0
 
 
-def train(config, workdir: str | os.PathLike, init_from_published: str | None = None
-          ) -> losses.TrainState:
+def distill(config, workdir: str | os.PathLike, teacher_workdir: str | None = None,
+            init_from_published: str | None = None) -> losses.TrainState:
+    """Consistency distillation (--mode distill): train the student of a CD config
+    (config.training.objective='cd') from the teacher in teacher_workdir, or from a published
+    score_sde checkpoint (init_from_published, with config.consistency.teacher_config).
+    Checkpoints, resume and snapshots as for `train`."""
+    if consistency_lib.objective(config) != "cd":
+        raise ValueError("--mode distill trains a consistency-distillation config: set "
+                         "config.training.objective='cd' (e.g. configs/digits_cd.py)")
+    teacher = distillation.load_teacher(config, teacher_workdir, init_from_published)
+    log.say(f"Distilling the teacher {teacher.source}")
+    return train(config, workdir, teacher=teacher)
+
+
+def train(config, workdir: str | os.PathLike, init_from_published: str | None = None,
+          teacher: distillation.Teacher | None = None) -> losses.TrainState:
     """Train from scratch, from the newest checkpoint in workdir, or from published weights.
 
     Writes workdir/checkpoints, workdir/checkpoints-meta, workdir/tensorboard,
@@ -197,7 +224,7 @@ def train(config, workdir: str | os.PathLike, init_from_published: str | None = 
         if log.is_main():
             run_config.record(config, workdir)
         try:
-            return _train(config, workdir, init_from_published, guard)
+            return _train(config, workdir, init_from_published, guard, teacher)
         except preemption.Preempted as e:
             log.say(f"score_sde: {e}")
             raise
@@ -224,9 +251,10 @@ def _hold_workdir(workdir: epath.Path) -> Iterator[None]:
 
 
 def _train(config, workdir: epath.Path, init_from_published: str | None,
-           guard: preemption.PreemptionGuard) -> losses.TrainState:
+           guard: preemption.PreemptionGuard,
+           teacher: distillation.Teacher | None = None) -> losses.TrainState:
     tr = config.training
-    t = Trainer(config, workdir)
+    t = Trainer(config, workdir, teacher)
     ckpts = checkpoints.Checkpoints(workdir)
     writer = log.MetricWriter(workdir)
     state, resumed = ckpts.restore_latest(t.abstract_state())
@@ -234,6 +262,11 @@ def _train(config, workdir: epath.Path, init_from_published: str | None,
     if resumed is not None:
         log.say(f"Resuming from the checkpoint at step {resumed} in {workdir}"
                 + (" (--init_from_published is ignored)" if init_from_published else ""))
+    elif teacher is not None:
+        init = bool(config.consistency.get("init_from_teacher", True))
+        state = parallel.replicate(teacher.start(jax.device_get(state), init), t.mesh)
+        log.say(f"Starting a new run in {workdir}"
+                + (" from the teacher's weights" if init else ""))
     elif init_from_published:
         state = parallel.replicate(
             checkpoints.state_from_published(jax.device_get(state), init_from_published, config),
@@ -270,7 +303,7 @@ def _train(config, workdir: epath.Path, init_from_published: str | None,
                 tick, tick_step = now, step
                 writer.scalars(step, {"train/loss": float(step_losses[-1]),
                                       "train/steps_per_sec": rate})
-            if _crossed(step, int(tr.eval_freq)):
+            if _crossed(step, int(tr.eval_freq)) and t.eval_call is not None:
                 writer.scalars(step, {"eval/loss": float(t.eval_loss(state, step))})
             snapshot = _crossed(step, int(tr.snapshot_freq)) or step == n_iters
             if snapshot or _crossed(step, int(tr.snapshot_freq_for_preemption)):

@@ -69,7 +69,8 @@ def test_registry_views_are_live_and_monkeypatch_can_replace_entries(monkeypatch
     (lambda: ode.get_ode_solver("rk4"), "solver='rk4' is not a known ODE solver; choose one of "
      "['bosh3', 'dopri5', 'dopri8', 'euler', 'heun', 'tsit5']"),
     (lambda: sampling.get_sampler("euler", sde_lib.VPSDE(), SHAPE), "sampler 'euler' is unknown;"
-     " choose one of ['ddim', 'dpm_solver++', 'heun', 'ipndm', 'ode', 'pc', 'unipc']"),
+     " choose one of ['consistency', 'ddim', 'dpm_solver++', 'heun', 'ipndm', 'ode', 'pc',"
+     " 'unipc']"),
     (lambda: layers.get_act(ml_collections.ConfigDict({"model": {"nonlinearity": "GELU"}})),
      "config.model.nonlinearity='gelu' is not a known activation; choose one of ['elu', "
      "'lrelu', 'relu', 'swish']"),
@@ -100,12 +101,12 @@ def test_sampler_config_fields_are_its_keyword_options():
         expected = {opt: {"ts": None, **exceptions.get(name, {})}.get(opt, opt)
                     for opt in spec.options if opt not in ("eps", "sharding")}
         assert dict(spec.config_fields) == {k: v for k, v in expected.items() if v}, name
-    assert list(sampling.MERGE_SAMPLERS) == ["ddim", "dpm_solver++", "heun", "ipndm", "pc",
-                                             "unipc"]
+    assert list(sampling.MERGE_SAMPLERS) == ["consistency", "ddim", "dpm_solver++", "heun",
+                                             "ipndm", "pc", "unipc"]
     assert set(sampling.NEW_CONFIG_FIELDS) == {
         "nfe", "grid", "eta", "ode_solver", "rtol", "atol", "n_steps", "S_churn", "S_tmin",
         "S_tmax", "S_noise", "order", "sigma_range", "guidance_scale", "class_labels",
-        "max_steps", "lower_order_final", "variant"}
+        "max_steps", "lower_order_final", "variant", "consistency_sigmas"}
     assert (sampling.NEW_CONFIG_FIELDS["sigma_range"], sampling.NEW_CONFIG_FIELDS["S_tmax"],
             sampling.NEW_CONFIG_FIELDS["lower_order_final"]) == (tuple, float, bool)
 

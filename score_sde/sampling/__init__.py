@@ -6,7 +6,8 @@ score calls. The fixed-step ones also take `sample(rng, score_fn, project)`, a h
 `project(rng, x, x_mean, t) -> (x, x_mean)` applied after the prior draw and every update
 (inpainting and colorization merge their observation with it: score_sde.controllable).
 Methods: 'pc' (predictor-corrector), 'ode' (probability flow, diffrax), 'ddim', 'heun' (EDM),
-'dpm_solver++', 'unipc' (UniPC, orders 1-3) and 'ipndm' (iPNDM, orders 1-4). Pass
+'dpm_solver++', 'unipc' (UniPC, orders 1-3), 'ipndm' (iPNDM, orders 1-4) and 'consistency'
+(a consistency model's f(x, t) in place of score_fn: score_sde.sampling.consistency). Pass
 `sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the batch out over devices. A new
 sampler is one function decorated with `@register_sampler(name, merges=...)`: its keyword
 options become config.sampling fields (score_sde.sampling.registry).
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 
 # The sampler modules register their samplers when imported (register_sampler).
-from score_sde.sampling import fast, ipndm, ode, pc, unipc  # noqa: F401
+from score_sde.sampling import consistency, fast, ipndm, ode, pc, unipc  # noqa: F401
 from score_sde.sampling.correctors import register_corrector
 from score_sde.sampling.grid_files import PREFIX as GRID_FILE_PREFIX
 from score_sde.sampling.grid_files import check_sampler as check_grid_file_sampler
