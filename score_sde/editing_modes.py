@@ -145,7 +145,7 @@ class _Model:
 
     def score_fn(self, params, labels: jax.Array | None, w: float):
         """Unconditional (labels None: the null label), conditional, or CFG with weight w."""
-        return inference.model_score_fn(self.config, self.sde, self.model, params, labels, w)
+        return inference.sampling_fn(self.config, self.sde, self.model, params, labels, w)
 
 
 def _merge_options(config) -> tuple[str, dict]:

@@ -26,7 +26,7 @@ import numpy as np
 from etils.epath import Path
 
 from score_sde import datasets, parallel, storage
-from score_sde.inference import guidance_scale, model_score_fn
+from score_sde.inference import guidance_scale, sampling_fn
 from score_sde.sampling import class_labels_from_config, get_sampler_from_config
 
 FORMATS = ("npz", "png", "both")
@@ -70,7 +70,7 @@ class IndexedSampler:
         def one(params, index):
             labels = None if table is None else jnp.asarray(table)[index % len(table)][None]
             x, nfe = sample(jax.random.fold_in(key, index),
-                            model_score_fn(config, sde, model, params, labels, scale))
+                            sampling_fn(config, sde, model, params, labels, scale))
             return jnp.clip(inverse(x[0]), 0.0, 1.0), nfe
 
         def run(params, indices):

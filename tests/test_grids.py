@@ -45,10 +45,10 @@ def _draw(sample) -> np.ndarray:
 
 
 def test_config_samplers_use_the_data_noise_range():
-    """dpm_solver++ from a digits-like config ([-1, 1], 8 x 8 x 1) samples on the 'logsnr'
-    grid of sigma_range = (0.002, 11.55); an explicit config.sampling.sigma_range or grid wins;
-    PC keeps its published grid; a budget too small for the range's end steps falls back to
-    the SDE's."""
+    """With sampling.data_noise_range (off by default), dpm_solver++ from a digits-like config
+    ([-1, 1], 8 x 8 x 1) samples on the 'logsnr' grid of sigma_range = (0.002, 11.55); an
+    explicit config.sampling.sigma_range or grid wins; PC keeps its published grid; a budget too
+    small for the range's end steps falls back to the SDE's."""
     sde, shape, eps = sde_lib.VPSDE(), (3, 2), 1e-3
     derived = image_noise_range(True, 8, 1)
 
@@ -58,17 +58,21 @@ def test_config_samplers_use_the_data_noise_range():
         np.testing.assert_array_equal(got, want)
         return got
 
-    ranged = same(_config("dpm_solver++", nfe=4), nfe=4, grid="logsnr", sigma_range=derived)
-    plain = _draw(get_sampler("dpm_solver++", sde, shape, eps=eps, nfe=4))
+    on = {"data_noise_range": True}
+    plain = same(_config("dpm_solver++", nfe=4), nfe=4)  # off by default: the Python default
+    ranged = same(_config("dpm_solver++", nfe=4, **on), nfe=4, grid="logsnr",
+                  sigma_range=derived)
     assert np.abs(ranged - plain).max() > 1e-4  # the range changed the grid
-    same(_config("dpm_solver++", nfe=4, sigma_range=(0.1, 5.0)), nfe=4, sigma_range=(0.1, 5.0))
-    same(_config("ipndm", nfe=4, grid="karras"), nfe=4, grid="karras", sigma_range=derived)
+    same(_config("dpm_solver++", nfe=4, sigma_range=(0.1, 5.0), **on), nfe=4,
+         sigma_range=(0.1, 5.0))
+    same(_config("ipndm", nfe=4, grid="karras", **on), nfe=4, grid="karras",
+         sigma_range=derived)
     # UniPC (worse with a range at 5 NFE) and PC (the published grid) keep their own grids.
     assert "unipc" not in DATA_RANGE_SAMPLERS and "pc" not in DATA_RANGE_SAMPLERS
     assert config_noise_range(_config("dpm_solver++", centered=None)) is None  # no data scale
     # sub-VP reaches sigma 1e-4 < 0.002 and 152 > 11.55: 2 steps go to the range's two end
     # steps, none is left inside it.
-    same(_config("dpm_solver++", nfe=2), sde=sde_lib.subVPSDE(), nfe=2)
+    same(_config("dpm_solver++", nfe=2, **on), sde=sde_lib.subVPSDE(), nfe=2)
 
 
 @pytest.mark.parametrize("name,plain", [("vp_uniform", "uniform"), ("vp_quadratic", "quadratic")])

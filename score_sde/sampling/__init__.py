@@ -66,7 +66,7 @@ __all__ += ["GridResult", "optimize_grid"]  # the grid optimiser
 PUBLISHED_FIELDS = ("method", "predictor", "corrector", "snr", "n_steps_each", "noise_removal",
                     "probability_flow")
 # Fields read by the drivers rather than by a sampler.
-DRIVER_FIELDS = {"guidance_scale": float, "class_labels": tuple}
+DRIVER_FIELDS = {"guidance_scale": float, "class_labels": tuple, "data_noise_range": bool}
 
 
 def new_config_fields() -> dict[str, type]:
@@ -137,9 +137,13 @@ def class_labels_from_config(config, n: int,
     return jnp.asarray(chosen, jnp.int32)[jnp.arange(n) % len(chosen)]
 
 
-# Samplers that, when config.sampling.sigma_range is unset, take the noise range of the
-# config's image data (grids.image_noise_range), spaced in log-SNR unless config.sampling.grid
-# is set: the best measured with a known range (benchmarks/README.md "Grids that transfer").
+# With config.sampling.data_noise_range = True, the samplers that, when
+# config.sampling.sigma_range is unset, take the noise range of the config's image data
+# (grids.image_noise_range), spaced in log-SNR unless config.sampling.grid is set: the best
+# measured with a known range on Gaussian mixtures (benchmarks/README.md "Grids that
+# transfer"). Off by default: on the trained digits VP model it was worse at every NFE
+# (DPM-Solver++ 10 NFE digits FD 8.49 against 6.80 on its default grid; adaptive ODE 6.45;
+# benchmarks/results/digits_grids_vp_defaults.json).
 DATA_RANGE_SAMPLERS = ("dpm_solver++", "ipndm")
 DATA_RANGE_GRID = "logsnr"
 
@@ -158,19 +162,21 @@ def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float
                             sharding=None, **overrides) -> Sampler:
     """The sampler named by config.sampling.method, with its options from config.sampling.
 
-    overrides: options that win over the config's (e.g. ts= from SDEdit). The samplers of
-    DATA_RANGE_SAMPLERS without a config.sampling.sigma_range (and no ts, grid or sigma_range
-    override) get the data's noise range (config_noise_range) and, without a
-    config.sampling.grid, the 'logsnr' grid over it, unless the budget is too small to spend
-    steps outside the range; then, as in Python, their default grid over the SDE's range.
+    overrides: options that win over the config's (e.g. ts= from SDEdit). With
+    config.sampling.data_noise_range, the samplers of DATA_RANGE_SAMPLERS without a
+    config.sampling.sigma_range (and no ts, grid or sigma_range override) get the data's noise
+    range (config_noise_range) and, without a config.sampling.grid, the 'logsnr' grid over it,
+    unless the budget is too small to spend steps outside the range; then, as in Python, their
+    default grid over the SDE's range.
     """
     method, options = sampler_options_from_config(config)
     options = {**options, **overrides}
     from_file = str(options.get("grid", "")).startswith(GRID_FILE_PREFIX)
     if from_file and options.get("ts") is None:
         check_grid_file_sampler(options["grid"][len(GRID_FILE_PREFIX):], method)  # one sampler's
+    wanted = bool(config.sampling.get("data_noise_range") or False)
     derived = (config_noise_range(config)
-               if method in DATA_RANGE_SAMPLERS and not from_file else None)
+               if wanted and method in DATA_RANGE_SAMPLERS and not from_file else None)
     if (derived is not None and options.get("sigma_range") is None
             and not {"ts", "grid", "sigma_range"} & set(overrides)):
         ranged = {"grid": DATA_RANGE_GRID, **options, "sigma_range": derived}
