@@ -202,7 +202,7 @@ def _run(config, workdir, images, build, seed: int):
     start = time.perf_counter()
     x, nfe = run(model.params, jax.random.PRNGKey(seed))
     x = np.asarray(x)
-    log.say(f"{int(nfe)} score evaluations, {time.perf_counter() - start:.1f} s "
+    log.say(f"{int(nfe)} network evaluations, {time.perf_counter() - start:.1f} s "
             f"(incl. compilation), checkpoint step {model.step}")
     return x
 

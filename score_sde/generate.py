@@ -74,7 +74,7 @@ def sample(config, workdir: str | Path, eval_folder: str = "eval") -> Path:
         r.close()
     if str(config.data.dataset).lower() == "digits" and fmt != "png" and log.is_main():
         _report_digits_fd(out)
-    drawn = (f"{new} drawn now in {seconds:.1f} s incl. compilation, {nfe} score evaluations "
+    drawn = (f"{new} drawn now in {seconds:.1f} s incl. compilation, {nfe} network evaluations "
              "each" if new else "all were on disk already")
     log.say(f"{layout.num_samples} samples in {out} ({drawn})")
     return out
@@ -83,7 +83,7 @@ def sample(config, workdir: str | Path, eval_folder: str = "eval") -> Path:
 def _run(sampler: IndexedSampler, params, layout: ShardLayout, fmt: str,
          table: np.ndarray | None, out: Path) -> tuple[int, int | None]:
     """Sample every round whose files are not all on disk yet (on some host) and write this
-    host's shards; (samples drawn, score evaluations per sample)."""
+    host's shards; (samples drawn, network evaluations per sample)."""
     me = jax.process_index()
     have = existing_files(out) | ({GRID} if (out / GRID).exists() else set())
     todo = [k for k in range(layout.rounds)

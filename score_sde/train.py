@@ -369,5 +369,5 @@ def _snapshot_samples(sampler: Sampler, state, step: int, workdir: epath.Path, w
             np.savez_compressed(f, samples=log.to_uint8(images))
         path = log.save_image_grid(out / "sample.png", images)
         writer.image(step, "samples", log.image_grid(images))
-        log.say(f"Wrote {len(images)} samples ({nfe} score evaluations each) to {path}")
+        log.say(f"Wrote {len(images)} samples ({nfe} network evaluations each) to {path}")
 
