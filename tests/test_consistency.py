@@ -190,6 +190,15 @@ def test_consistency_sampler_levels_checked():
         get_sampler("consistency", SDE, (2, 4), nfe=3, consistency_sigmas=(1.0, 2.0))
     sample = get_sampler("consistency", SDE, (2, 4), nfe=3, consistency_sigmas=(2.0, 1.0))
     np.testing.assert_allclose(sample.ts, [SIGMA_MAX, 2.0, 1.0], rtol=1e-6)
+    # the path: x_init, the two re-noised states, the sample (f halves its input here)
+    x_init = jnp.full((2, 4), 8.0)
+    x, nfe, path = sample(jax.random.PRNGKey(0), lambda x, t: 0.5 * x, x_init=x_init,
+                          return_path=True)
+    assert int(nfe) == 3 and path.shape == (4, 2, 4)
+    np.testing.assert_array_equal(path[0], x_init)
+    np.testing.assert_array_equal(path[-1], x)
+    np.testing.assert_allclose(x, 0.5 * path[2], rtol=1e-6)
+    assert np.abs(np.asarray(path[1]) - 4.0).max() > 0.1  # re-noised around f(x_init) = 4
 
 
 def test_inpainting_and_sdedit_take_the_consistency_function():

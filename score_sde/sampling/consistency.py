@@ -14,7 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.sampling.common import Project, full_t, initial_state, projection_steps
+from score_sde.sampling.common import (
+    Project,
+    full_t,
+    initial_state,
+    projection_steps,
+    with_path,
+)
 from score_sde.sampling.registry import register_sampler
 from score_sde.sde_lib import SDE
 
@@ -79,17 +85,22 @@ def consistency_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 1,
                       float(np.sqrt(max(sigma**2 - (alpha * sigma_min) ** 2, 0.0)))))
     used, t_start = len(ts), float(ts[0])
 
-    def sample(rng, fn, project: Project | None = None, *, x_init=None):
+    def sample(rng, fn, project: Project | None = None, *, x_init=None,
+               return_path: bool = False):
+        """(x, nfe), or with return_path (x, nfe, path): path = the state at every time of ts
+        (the start, then each re-noised x_tau) and the sample last, (len(ts) + 1, *shape)."""
         rng, proj = projection_steps(project, rng)
         x, rng = initial_state(sde, rng, shape, sharding, x_init)
         x, _ = proj(x, x, t_start, 0)
+        path = [x]
         x = fn(x, full_t(t_start, x))
         for k, (t, alpha, std) in enumerate(steps, start=1):
             z = jax.random.normal(jax.random.fold_in(rng, k), x.shape, x.dtype)
             x, _ = proj(alpha * x + std * z, x, t, k)
+            path.append(x)
             x = fn(x, full_t(t, x))
         _, x = proj(x, x, eps, used)
-        return x, jnp.asarray(used, jnp.int32)
+        return with_path(x, jnp.asarray(used, jnp.int32), jnp.stack([*path, x]), return_path)
 
     sample.ts = ts
     return sample
