@@ -15,6 +15,7 @@ import pytest
 from score_sde import analytic, controllable, sde_lib
 from score_sde.sampling import get_sampler, get_time_grid
 from score_sde.sampling.common import prior_sample
+from tests.counting import counting
 
 MU, S = np.array([0.7, -0.4]), np.array([0.5, 1.0])
 N = 256
@@ -42,20 +43,6 @@ def times_uniform_in(sde, variable: str, t_start: float, eps: float, n: int) -> 
     ts = np.asarray(sde.t_from_log_snr(jnp.asarray(pts, jnp.float32)), np.float64)
     ts[0], ts[-1] = t_start, eps
     return ts
-
-
-def counting(score_fn):
-    """score_fn plus a host-side call counter (one tick per batched evaluation)."""
-    calls = [0]
-
-    def tick():
-        calls[0] += 1
-
-    def wrapped(x, t):
-        jax.debug.callback(tick)
-        return score_fn(x, t)
-
-    return wrapped, calls
 
 
 def errors(name, nfes, variable, t_start, **options) -> np.ndarray:

@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 from score_sde import analytic, sde_lib
 from score_sde.sampling import get_sampler, get_sampler_from_config, get_time_grid, grids
 from score_sde.sampling.common import prior_sample
+from tests.counting import counting
 
 N = 2000
 SDES = {
@@ -103,20 +104,6 @@ def test_exact_samples_floor():
 
 
 # --- nfe is the number of score calls ---------------------------------------------------------
-
-
-def counting(score_fn):
-    """score_fn plus a host-side call counter (one tick per batched evaluation)."""
-    calls = [0]
-
-    def tick():
-        calls[0] += 1
-
-    def wrapped(x, t):
-        jax.debug.callback(tick)
-        return score_fn(x, t)
-
-    return wrapped, calls
 
 
 NFE_CASES = [
