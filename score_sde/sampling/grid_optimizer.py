@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
-import tempfile
 import time
 from typing import Any
 
@@ -50,7 +48,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from score_sde.sampling import grid_files
 from score_sde.sampling.common import data_prediction, full_t, prior_sample
 from score_sde.sampling.grids import get_time_grid
 from score_sde.sampling.registry import SAMPLERS, get_sampler
@@ -369,12 +366,7 @@ class _ProxyLoss:
 def _sampler_error(method: str, sde: SDE, shape, eps: float, times: np.ndarray,
                    options: dict, score_fn: ScoreFn, rng, target: np.ndarray) -> float:
     """RMS difference between the sampler's output on `times` and the teacher's endpoint."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "grid.json")
-        grid_files.write_grid_file(path, times, sampler=method, nfe=len(times) - 1, sde=sde,
-                                   eps=eps)
-        sample = get_sampler(method, sde, shape, eps=eps, nfe=len(times) - 1,
-                             grid=grid_files.PREFIX + path, **options)
+    sample = get_sampler(method, sde, shape, eps=eps, ts=times, **options)
     x = jax.device_get(jax.jit(lambda r: sample(r, score_fn)[0])(rng))
     diff = np.asarray(x, np.float64).reshape(shape[0], -1) - target
     return float(np.sqrt(np.mean(diff**2)))
