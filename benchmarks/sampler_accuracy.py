@@ -67,6 +67,19 @@ def noise_range(data) -> tuple[float, float]:
     return 0.5 * std_min, 2.0 * diameter
 
 
+def data_scale(data) -> float:
+    """The data's spread as the samplers' data_scale: its per-coordinate standard deviation
+    sqrt(trace(Cov) / D) (1: unit-scale data; a config gives image data in [-1, 1] its bound,
+    1)."""
+    mix = data.base if isinstance(data, Rotated) else data  # a rotation keeps the trace
+    w = np.asarray(mix.weights, np.float64) / np.sum(mix.weights)
+    means = np.asarray(mix.means, np.float64)
+    mean = w @ means
+    second = np.einsum("k,kd->", w, (means - mean) ** 2) + np.einsum(
+        "k,kdd->", w, np.asarray(mix.covs, np.float64))
+    return float(np.sqrt(second / means.shape[1]))
+
+
 def make_datasets() -> dict:
     """'2d': 5 full-covariance modes of unequal weight; '64d': 6 modes, rotated, varied spectra;
     'curve64': a thin tube around a closed curve in 64-D (curve_mixture); '2d_x0.05' and
@@ -141,13 +154,14 @@ SAMPLERS = {
     "ddim": lambda n, _: ("ddim", dict(nfe=n)),
     "ddim_eta1": lambda n, _: ("ddim", dict(nfe=n, eta=1.0)),
     "heun": lambda n, _: ("heun", dict(nfe=n)),
+    "heun_edm": lambda n, _: ("heun", dict(nfe=n, exponential=False)),
     "dpm_solver++": lambda n, _: ("dpm_solver++", dict(nfe=n)),
     "dpm_solver++3m": lambda n, _: ("dpm_solver++", dict(nfe=n, order=3)),
     # With the data's noise range (see noise_range), on the grid measured best with it.
     "dpm_solver++_range": lambda n, r: ("dpm_solver++", dict(nfe=n, grid="logsnr",
                                                              sigma_range=r)),
 }
-VARIANTS = ("dpm_solver++3m", "dpm_solver++_range")  # run on request: --samplers
+VARIANTS = ("dpm_solver++3m", "dpm_solver++_range", "heun_edm")  # run on request: --samplers
 GRIDS = ("uniform", "quadratic", "logsnr", "karras")
 NFES = (5, 10, 20, 35, 50, 100, 1000)
 
@@ -243,16 +257,21 @@ def grid_study(datasets, args) -> list[dict]:
 # --- do the default grids transfer? (issue 17, item 3) ---------------------------------------
 
 FIXED_STEP = ("ddim", "heun", "dpm_solver++")  # the samplers whose default grid is studied
+# Transfer-study samplers that are another's options: name -> (sampler, options).
+TRANSFER_VARIANTS = {"heun_edm": ("heun", dict(exponential=False))}
 TRANSFER_NFES = (5, 6, 8, 10, 15, 20)
 
 
 def candidate_options(candidate: str, data) -> dict:
     """Grid options of a candidate: 'default' (the sampler's own), 'GRID' (over the SDE's whole
-    noise range) or 'GRID+range' (over the data's noise range, noise_range())."""
+    noise range) or 'GRID+range' (over the data's noise range, noise_range()); '@scale' after
+    either: placed for the data's spread (data_scale(), the samplers' data_scale option)."""
+    candidate, _, scaled = candidate.partition("@")
+    extra = dict(data_scale=data_scale(data)) if scaled else {}
     if candidate == "default":
-        return {}
+        return extra
     grid, _, ranged = candidate.partition("+")
-    return dict(grid=grid, sigma_range=noise_range(data) if ranged else None)
+    return dict(grid=grid, sigma_range=noise_range(data) if ranged else None, **extra)
 
 
 def transfer(datasets, args) -> list[dict]:
@@ -293,8 +312,9 @@ def transfer(datasets, args) -> list[dict]:
 def _transfer_cell(data, sde, eps, sampler, budget, cand, args, refs, x_ode, fd_ode):
     n, seeds = args.n, args.seeds
     try:
-        x, nfe = draw(data, sde, eps, sampler, dict(nfe=budget, **candidate_options(cand, data)),
-                      n * seeds, 11)
+        name, extra = TRANSFER_VARIANTS.get(sampler, (sampler, {}))
+        x, nfe = draw(data, sde, eps, name, dict(nfe=budget, **extra,
+                                                 **candidate_options(cand, data)), n * seeds, 11)
     except ValueError as e:  # e.g. a range that leaves no step inside it at this NFE
         print(f"  skip {sampler} {budget} {cand}: {e}", flush=True)
         return None

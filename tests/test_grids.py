@@ -89,3 +89,46 @@ def test_vp_grids_carry_the_vp_noise_levels_to_every_sde(name, plain):
     power = 1.0 if plain == "uniform" else 2.0
     np.testing.assert_allclose(u, np.linspace(1.0, 0.0, 9) ** power, atol=2e-4)
     assert sig[0] == np.float32(80.0) and sig[-1] == np.float32(0.002)
+
+
+@pytest.mark.parametrize("name", ["vp_uniform", "vp_quadratic"])
+def test_data_scale_puts_the_vp_grids_at_the_same_noise_relative_to_the_data(name):
+    """Data s times wider: every point at s times the noise level. VE(0.01, 150) placed for
+    s = 4 is VE(0.0025, 37.5) placed for unit data with its noise levels times 4; s = 1 (or
+    None) is the unscaled grid exactly."""
+    s = 4.0
+    wide = get_time_grid(name, sde_lib.VESDE(0.01, 150.0), 10, 1e-5, data_scale=s)
+    unit = get_time_grid(name, sde_lib.VESDE(0.01 / s, 150.0 / s), 10, 1e-5)
+    sigma = lambda sde, ts: np.asarray(sde.marginal_coeffs(jnp.asarray(ts))[1])  # noqa: E731
+    np.testing.assert_allclose(sigma(sde_lib.VESDE(0.01, 150.0), wide),
+                               s * sigma(sde_lib.VESDE(0.01 / s, 150.0 / s), unit), rtol=2e-4)
+    vp = sde_lib.VPSDE()
+    np.testing.assert_array_equal(get_time_grid(name, vp, 10, 1e-3, data_scale=1.0),
+                                  get_time_grid(name, vp, 10, 1e-3))
+    assert not np.allclose(get_time_grid(name, vp, 10, 1e-3, data_scale=0.1),
+                           get_time_grid(name, vp, 10, 1e-3), atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_data_scale_gives_one_clear_error(bad):
+    with pytest.raises(ValueError, match="data_scale must be a finite number > 0"):
+        get_sampler("dpm_solver++", sde_lib.VPSDE(), (2, 2), nfe=5, data_scale=bad)
+
+
+def test_config_samplers_place_their_grid_for_the_data_scale():
+    """A config's image data gives the fixed-step samplers data_scale 1 ([-1, 1]: the grid
+    VP's published one, unchanged) or 0.5 ([0, 1]); config.sampling.data_scale wins; without
+    a data scale the Python default (unit-scale data)."""
+    sde, shape, eps = sde_lib.VESDE(0.01, 348.0), (3, 2), 1e-5
+
+    def ts(config, **options):
+        got = get_sampler_from_config(config, sde, shape, eps).ts
+        want = get_sampler(config.sampling.method, sde, shape, eps=eps, **options).ts
+        np.testing.assert_array_equal(got, want)
+        return got
+
+    plain = ts(_config("ddim", nfe=6, centered=True), nfe=6)
+    half = ts(_config("ddim", nfe=6, centered=False), nfe=6, data_scale=0.5)
+    assert not np.allclose(plain, half)
+    ts(_config("unipc", nfe=6, centered=False, data_scale=3.0), nfe=6, data_scale=3.0)
+    ts(_config("heun", nfe=7, centered=None), nfe=7)

@@ -106,7 +106,8 @@ def test_sampler_config_fields_are_its_keyword_options():
     assert set(sampling.NEW_CONFIG_FIELDS) == {
         "nfe", "grid", "eta", "ode_solver", "rtol", "atol", "n_steps", "S_churn", "S_tmin",
         "S_tmax", "S_noise", "order", "sigma_range", "guidance_scale", "class_labels",
-        "max_steps", "lower_order_final", "variant", "consistency_sigmas", "data_noise_range"}
+        "max_steps", "lower_order_final", "variant", "consistency_sigmas", "data_noise_range",
+        "data_scale", "exponential"}
     assert (sampling.NEW_CONFIG_FIELDS["sigma_range"], sampling.NEW_CONFIG_FIELDS["S_tmax"],
             sampling.NEW_CONFIG_FIELDS["lower_order_final"]) == (tuple, float, bool)
 

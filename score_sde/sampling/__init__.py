@@ -158,11 +158,22 @@ def config_noise_range(config) -> tuple[float, float] | None:
     return image_noise_range(bool(data.centered), int(data.image_size), int(data.num_channels))
 
 
+def config_data_scale(config) -> float | None:
+    """The data's spread for the samplers' data_scale (grids.check_data_scale): 1 for image
+    data in [-1, 1] (config.data.centered; the scale VP's published grids were tuned on), 0.5
+    for [0, 1]; None when the config does not say."""
+    data = config.get("data")
+    if data is None or data.get("centered") is None:
+        return None
+    return 1.0 if bool(data.centered) else 0.5
+
+
 def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
                             sharding=None, **overrides) -> Sampler:
     """The sampler named by config.sampling.method, with its options from config.sampling.
 
-    overrides: options that win over the config's (e.g. ts= from SDEdit). With
+    overrides: options that win over the config's (e.g. ts= from SDEdit). Without a
+    config.sampling.data_scale, the fixed-step samplers get config_data_scale. With
     config.sampling.data_noise_range, the samplers of DATA_RANGE_SAMPLERS without a
     config.sampling.sigma_range (and no ts, grid or sigma_range override) get the data's noise
     range (config_noise_range) and, without a config.sampling.grid, the 'logsnr' grid over it,
@@ -171,6 +182,9 @@ def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float
     """
     method, options = sampler_options_from_config(config)
     options = {**options, **overrides}
+    if ("data_scale" in SAMPLERS.lookup(method).options and options.get("data_scale") is None
+            and options.get("ts") is None):  # place the default grid for the config's data
+        options["data_scale"] = config_data_scale(config)
     from_file = str(options.get("grid", "")).startswith(GRID_FILE_PREFIX)
     if from_file and options.get("ts") is None:
         check_grid_file_sampler(options["grid"][len(GRID_FILE_PREFIX):], method)  # one sampler's

@@ -83,18 +83,19 @@ def projection_steps(project: Project | None, rng: Array) -> tuple[Array, Projec
 
 def step_times(sampler: str, sde: SDE, eps: float, ts, grid: str, n_steps: int,
                sigma_range: tuple[float, float] | None = None,
-               min_steps: int = 1) -> np.ndarray:
+               min_steps: int = 1, data_scale: float | None = None) -> np.ndarray:
     """The decreasing times a fixed-step sampler visits (float32 numpy, static).
 
     An explicit `ts` wins over grid / n_steps: it must be 1-D, strictly decreasing, inside
     [eps, T], with at least min_steps + 1 points (min_steps: what the sampler's order needs).
-    Without it: the named grid of n_steps steps from T to eps (score_sde.sampling.grids).
+    Without it: the named grid of n_steps steps from T to eps (score_sde.sampling.grids),
+    placed for data of spread data_scale (None: unit-scale data).
     """
     if ts is None:
         if n_steps < min_steps:
             raise ValueError(f"{sampler}: {n_steps} steps are too few; it needs at least "
                              f"{min_steps} (raise nfe or lower order)")
-        return get_time_grid(grid, sde, n_steps, eps, sigma_range)
+        return get_time_grid(grid, sde, n_steps, eps, sigma_range, data_scale)
     ts = np.asarray(ts, np.float64)
     if ts.ndim != 1 or len(ts) < min_steps + 1:
         raise ValueError(f"{sampler}: ts must be a 1-D array of at least {min_steps + 1} times "

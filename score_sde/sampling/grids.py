@@ -25,7 +25,7 @@ from score_sde.registry import Registry
 from score_sde.sampling import grid_files
 from score_sde.sde_lib import SDE, VPSDE
 
-GridFn = Callable[[SDE, int, float, float], np.ndarray]  # (sde, n, t_start, t_end)
+GridFn = Callable[..., np.ndarray]  # (sde, n, t_start, t_end) or also scale= (SCALED_GRIDS)
 _GRIDS: Registry[GridFn] = Registry("time grid", field="grid")
 
 
@@ -59,8 +59,14 @@ def image_noise_range(centered: bool, image_size: int, num_channels: int) -> tup
 
 
 def get_time_grid(name: str, sde: SDE, n_steps: int, eps: float,
-                  sigma_range: tuple[float, float] | None = None) -> np.ndarray:
-    """n_steps + 1 decreasing times from sde.T to eps (float32 numpy), see sigma_range above."""
+                  sigma_range: tuple[float, float] | None = None,
+                  data_scale: float | None = None) -> np.ndarray:
+    """n_steps + 1 decreasing times from sde.T to eps (float32 numpy), see sigma_range above.
+
+    data_scale (the data's spread, 1 for unit-scale data, see check_data_scale) moves the
+    'vp_*' grids' points to the same noise levels relative to the data; the other grids span
+    their end points in a way that does not depend on it.
+    """
     if grid_files.is_grid_file(name):
         if sigma_range is not None:
             raise ValueError(f"grid={name!r} is a stored grid: sigma_range does not apply; "
@@ -77,7 +83,9 @@ def get_time_grid(name: str, sde: SDE, n_steps: int, eps: float,
     if n_inner < 1:
         raise ValueError(f"sigma_range={tuple(sigma_range)} leaves {n_inner} of {n_steps} steps "
                          "inside the range; give more steps or a range that covers an end")
-    inner = np.asarray(grid_fn(sde, n_inner, t_start, t_end), np.float64)
+    scale = check_data_scale(data_scale)
+    extra = {"scale": scale} if name in SCALED_GRIDS and scale != 1.0 else {}
+    inner = np.asarray(grid_fn(sde, n_inner, t_start, t_end, **extra), np.float64)
     inner[0], inner[-1] = t_start, t_end
     return np.concatenate([head, inner, tail]).astype(np.float32)
 
@@ -133,23 +141,43 @@ def karras(sde: SDE, n: int, t_start: float, t_end: float, rho: float = 7.0) -> 
 _VP = VPSDE()
 
 
-def _vp_clock(sde: SDE, n: int, t_start: float, t_end: float, power: float) -> np.ndarray:
+def _vp_clock(sde: SDE, n: int, t_start: float, t_end: float, power: float,
+              scale: float = 1.0) -> np.ndarray:
     """Points spaced as t^power of the VP SDE's time between the VP times of the noise levels
-    at t_start and t_end, carried to `sde` through the noise level sigma / alpha."""
-    lam = np.array([_log_snr(sde, t_start), _log_snr(sde, t_end)])
+    at t_start and t_end, carried to `sde` through the noise level sigma / alpha. With a data
+    scale s, VP's clock runs on the noise relative to the data, sigma / (alpha s): data s
+    times wider get every step at an s times higher noise level."""
+    shift = float(np.log(scale))  # log-SNR of the noise relative to the data: lambda + log s
+    lam = np.array([_log_snr(sde, t_start), _log_snr(sde, t_end)]) + shift
     t_vp = _t_from_log_snr(_VP, lam)  # beyond VP's top (e.g. VE 1348) this is t > 1
     t_grid = t_vp[1] + (t_vp[0] - t_vp[1]) * np.linspace(1.0, 0.0, n + 1) ** power
     lam_grid = np.asarray(_VP.log_snr(jnp.asarray(t_grid, jnp.float32)), np.float64)
-    return _t_from_log_snr(sde, lam_grid)
+    return _t_from_log_snr(sde, lam_grid - shift)
 
 
 @register_grid("vp_uniform")
-def vp_uniform(sde: SDE, n: int, t_start: float, t_end: float) -> np.ndarray:
-    """The VP SDE's 'uniform' grid on any SDE (the same noise levels)."""
-    return _vp_clock(sde, n, t_start, t_end, 1.0)
+def vp_uniform(sde: SDE, n: int, t_start: float, t_end: float, scale: float = 1.0) -> np.ndarray:
+    """The VP SDE's 'uniform' grid on any SDE (the same noise levels, relative to the data)."""
+    return _vp_clock(sde, n, t_start, t_end, 1.0, scale)
 
 
 @register_grid("vp_quadratic")
-def vp_quadratic(sde: SDE, n: int, t_start: float, t_end: float) -> np.ndarray:
-    """The VP SDE's 'quadratic' grid on any SDE (the same noise levels)."""
-    return _vp_clock(sde, n, t_start, t_end, 2.0)
+def vp_quadratic(sde: SDE, n: int, t_start: float, t_end: float,
+                 scale: float = 1.0) -> np.ndarray:
+    """The VP SDE's 'quadratic' grid on any SDE (the same noise levels, relative to the data)."""
+    return _vp_clock(sde, n, t_start, t_end, 2.0, scale)
+
+
+# The grids whose points depend on the data's scale (get_time_grid's data_scale).
+SCALED_GRIDS = ("vp_uniform", "vp_quadratic")
+
+
+def check_data_scale(data_scale: float | None) -> float:
+    """data_scale as a float (None: 1, unit-scale data), or one clear error."""
+    if data_scale is None:
+        return 1.0
+    scale = float(data_scale)
+    if not (np.isfinite(scale) and scale > 0.0):
+        raise ValueError(f"data_scale must be a finite number > 0 (the data's spread, 1 for "
+                         f"unit-scale data), got {data_scale!r}")
+    return scale

@@ -49,6 +49,7 @@ def ipndm_weights(alpha: np.ndarray, sigma: np.ndarray, order: int) -> tuple[np.
 @register_sampler("ipndm", merges=True, fields={"ts": None})
 def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int = 4,
                   grid: str = "vp_quadratic", sigma_range: tuple[float, float] | None = None,
+                  data_scale: float | None = None,
                   ts=None, eps: float = 1e-3, sharding=None):
     """iPNDM (module docstring): nfe steps of order up to `order` (1-4), one score call each.
 
@@ -56,7 +57,8 @@ def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
     """
     if order not in AB_WEIGHTS:
         raise ValueError(f"ipndm: order must be 1, 2, 3 or 4, got {order}")
-    times = step_times("ipndm", sde, eps, ts, grid, nfe, sigma_range, min_steps=order)
+    times = step_times("ipndm", sde, eps, ts, grid, nfe, sigma_range, min_steps=order,
+                       data_scale=data_scale)
     n = len(times) - 1
     alpha, sigma, _ = schedule(sde, times)
     w_x, w_eps = (jnp.asarray(w, jnp.float32) for w in ipndm_weights(alpha, sigma, order))

@@ -98,7 +98,8 @@ def unipc_weights(alpha: np.ndarray, sigma: np.ndarray, lam: np.ndarray, orders:
 def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int = 2,
                   variant: str = "bh2", grid: str = "vp_quadratic",
                   sigma_range: tuple[float, float] | None = None,
-                  lower_order_final: bool = True, ts=None, eps: float = 1e-3, sharding=None):
+                  data_scale: float | None = None, lower_order_final: bool = True, ts=None,
+                  eps: float = 1e-3, sharding=None):
     """UniPC-p (module docstring): nfe steps, exactly one score call each.
 
     order 1-3 (UniP-p with UniC-p; the corrector raises the order by one), variant 'bh1' or
@@ -111,7 +112,8 @@ def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
         raise ValueError(f"unipc: order must be 1, 2 or 3, got {order}")
     if variant not in VARIANTS:
         raise ValueError(f"unipc: variant must be one of {list(VARIANTS)}, got {variant!r}")
-    times = step_times("unipc", sde, eps, ts, grid, nfe, sigma_range, min_steps=order)
+    times = step_times("unipc", sde, eps, ts, grid, nfe, sigma_range, min_steps=order,
+                       data_scale=data_scale)
     n = len(times) - 1
     alpha, sigma, lam = schedule(sde, times)
     w_x, w_p, w_c = (jnp.asarray(w, jnp.float32) for w in unipc_weights(
