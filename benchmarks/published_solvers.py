@@ -143,11 +143,12 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--floor-pairs", type=int, default=3)
     p.add_argument("--data", default="2d,64d,curve64,2d_x0.05,2d_x20")
-    p.add_argument("--sdes", default="vp,ve1348,edm")
+    p.add_argument("--sdes", default="vp,ve50,ve1348,edm")
     p.add_argument("--nfes", default="5,10")
-    p.add_argument("--ours", default="dpm_solver++,unipc,ipndm,dpm_solver++@range,unipc@range,"
-                   "ipndm@range", help="our samplers; NAME@range: with the data's noise range "
-                   "(what a config that knows the data's scale gives)")
+    p.add_argument("--ours", default="dpm_solver++,unipc,ipndm,dpm_solver++@scale,unipc@scale,"
+                   "ipndm@scale", help="our samplers on their default grids; NAME@scale: "
+                   "placed for the data's scale (data_scale, what a config that knows it "
+                   "gives); NAME@range: 'logsnr' over the data's noise range")
     p.add_argument("--solvers", default=",".join(KDIFF + DIFFUSERS))
     p.add_argument("--tag", default="published_solvers")
     p.add_argument("--out", default=str(sa.RESULTS))
@@ -177,11 +178,13 @@ def main(argv=None):
                         x, used = run_kdiffusion(solver, data, sde, eps, x_t, budget)
                     elif solver.startswith("df_"):
                         x, used = run_diffusers(solver, data, x_t, budget)
-                    else:  # ours, on its default grid; '@range': 'logsnr' over the data's
-                        name, _, ranged = solver.partition("@")  # range (as from a config)
+                    else:  # ours, on its default grid ('@scale', '@range': see --ours)
+                        name, _, known = solver.partition("@")
                         options = dict(nfe=budget)
-                        if ranged:
+                        if known == "range":
                             options.update(grid="logsnr", sigma_range=sa.noise_range(data))
+                        elif known == "scale":
+                            options.update(data_scale=sa.data_scale(data))
                         x, used = sa.draw(data, sde, eps, name, options, n * seeds, 11)
                     err = fd_of(x) - fd_ode
                     rows.append(dict(kind="solver", data=dname, sde=sname, solver=solver,

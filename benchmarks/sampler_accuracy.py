@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import analytic, sde_lib
-from score_sde.sampling import get_sampler
+from score_sde.sampling import get_sampler, optimize_grid
 from score_sde.sampling.common import prior_sample
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -258,7 +258,10 @@ def grid_study(datasets, args) -> list[dict]:
 
 FIXED_STEP = ("ddim", "heun", "dpm_solver++")  # the samplers whose default grid is studied
 # Transfer-study samplers that are another's options: name -> (sampler, options).
-TRANSFER_VARIANTS = {"heun_edm": ("heun", dict(exponential=False))}
+TRANSFER_VARIANTS = {"heun_edm": ("heun", dict(exponential=False)),
+                     "unipc3": ("unipc", dict(order=3)),
+                     "dpm_solver++3m": ("dpm_solver++", dict(order=3))}
+OPTIMISE_DRAWS = 128  # prior draws the 'optimised' candidate fits its grid to (seed 0)
 TRANSFER_NFES = (5, 6, 8, 10, 15, 20)
 
 
@@ -313,8 +316,17 @@ def _transfer_cell(data, sde, eps, sampler, budget, cand, args, refs, x_ode, fd_
     n, seeds = args.n, args.seeds
     try:
         name, extra = TRANSFER_VARIANTS.get(sampler, (sampler, {}))
-        x, nfe = draw(data, sde, eps, name, dict(nfe=budget, **extra,
-                                                 **candidate_options(cand, data)), n * seeds, 11)
+        if cand == "optimised":  # score_sde.sampling.optimize_grid on this problem's score
+            t0 = time.time()
+            grid = optimize_grid(data.perturbed_score_fn(sde), sde,
+                                 (OPTIMISE_DRAWS, dim_of(data)), method=name, nfe=budget,
+                                 eps=eps, rng=jax.random.PRNGKey(0), options=dict(extra))
+            print(f"  optimised {sampler} {budget}: {grid.cost_before:.3g} -> "
+                  f"{grid.cost_after:.3g} in {time.time() - t0:.0f}s", flush=True)
+            options = dict(ts=grid.times)
+        else:
+            options = candidate_options(cand, data)
+        x, nfe = draw(data, sde, eps, name, dict(nfe=budget, **extra, **options), n * seeds, 11)
     except ValueError as e:  # e.g. a range that leaves no step inside it at this NFE
         print(f"  skip {sampler} {budget} {cand}: {e}", flush=True)
         return None
@@ -475,13 +487,17 @@ def transfer_verdicts(rows, metric: str = "err") -> dict:
     """{(sampler, candidate): (cells within 2x the best candidate, cells, worst ratio, where)}.
 
     A candidate passes a cell when its error is at most twice the cell's best, or at most the
-    floor's std (metric 'err': FD differences below it are on the floor); 'rms' uses 2x only.
+    floor's std (metric 'err': FD differences below it are on the floor, so a negative error
+    counts as 0 and every candidate within the floor's std of 0 passes); 'rms' uses 2x only.
+    Cells with one candidate are not counted.
     The best of an SDE-only grid's cell is the best SDE-only grid; of a '+range' one, the best
     of all.
     """
     floors = {r["data"]: r["fd"][1] for r in rows if r["kind"] == "floor"}
     out: dict = {}
     for key, by in transfer_errors(rows).items():
+        if len(by) < 2:  # a cell with one candidate decides nothing
+            continue
         tol = floors.get(key[1], 0.0) if metric == "err" else 0.0
         vals = {c: max(r[metric], 0.0) if np.isfinite(r[metric]) else np.inf
                 for c, r in by.items()}
@@ -631,6 +647,8 @@ def main(argv=None):
     p.add_argument("--merge", default="",
                    help="transfer: no run; the tables of these JSON results (comma-separated)")
     p.add_argument("--plot-candidate", default="", help="merge: plot this candidate's error")
+    p.add_argument("--rename", default="", help="merge: I:SAMPLER=NEW renames SAMPLER's rows "
+                   "of the I-th (0-based) merged file, NEW empty drops them")
     p.add_argument("--default-was", default="",
                    help="merge: the named grid each sampler's 'default' was in those runs, "
                         "e.g. ddim=uniform,dpm_solver++=quadratic")
@@ -648,8 +666,9 @@ def main(argv=None):
     datasets = {k: v for k, v in make_datasets().items() if k in args.data.split(",")}
     if args.merge:
         was = dict(kv.split("=") for kv in args.default_was.split(",") if kv)
+        renames = dict(kv.split("=") for kv in args.rename.split(",") if kv)
         return merge_transfer(args.merge.split(","), Path(args.out), args.tag, was,
-                              args.plot_candidate)
+                              args.plot_candidate, renames)
     if args.transfer:
         return run_transfer(datasets, args)
 
@@ -674,11 +693,13 @@ VP_ALIASES = {"uniform": "vp_uniform", "quadratic": "vp_quadratic"}
 
 
 def merge_transfer(paths: list[str], out: Path, tag: str, default_was: dict | None = None,
-                   plot_candidate: str = ""):
+                   plot_candidate: str = "", renames: dict | None = None):
     """One table from several transfer runs (the first row of each floor / ODE / cell wins:
     runs with the same --n, --seeds and prior draws agree on them). default_was renames each
     sampler's 'default' rows to the grid that default was (runs before a change of defaults);
-    VP rows of 'uniform' / 'quadratic' also count as 'vp_uniform' / 'vp_quadratic'."""
+    VP rows of 'uniform' / 'quadratic' also count as 'vp_uniform' / 'vp_quadratic'. renames:
+    {'PATH_INDEX:SAMPLER': NEW} renames a sampler's rows of the i-th path (NEW '' drops them),
+    e.g. a run made before a sampler's default changed."""
     rows, seen = [], set()
 
     def add(r):
@@ -688,8 +709,13 @@ def merge_transfer(paths: list[str], out: Path, tag: str, default_was: dict | No
             seen.add(key)
             rows.append(r)
 
-    for path in paths:
+    for i, path in enumerate(paths):
         for r in json.loads(Path(path).read_text())["rows"]:
+            new = (renames or {}).get(f"{i}:{r.get('sampler')}")
+            if new is not None:
+                if not new:
+                    continue
+                r = dict(r, sampler=new)
             if r.get("candidate") == "default" and r["sampler"] in (default_was or {}):
                 r = dict(r, candidate=default_was[r["sampler"]])
             add(r)

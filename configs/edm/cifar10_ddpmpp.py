@@ -30,6 +30,7 @@ def get_config():
     sampling = config.sampling
     sampling.method = 'heun'  # nfe 35 by default; not set here, the adaptive ODE reads nfe too
     sampling.grid = 'karras'
+    sampling.exponential = False  # EDM's own Heun step (Algorithm 2), as published
 
     data = config.data
     data.centered = True  # [-1, 1]
