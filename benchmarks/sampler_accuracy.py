@@ -490,8 +490,8 @@ def transfer_verdicts(rows, metric: str = "err") -> dict:
     floor's std (metric 'err': FD differences below it are on the floor, so a negative error
     counts as 0 and every candidate within the floor's std of 0 passes); 'rms' uses 2x only.
     Cells with one candidate are not counted.
-    The best of an SDE-only grid's cell is the best SDE-only grid; of a '+range' one, the best
-    of all.
+    The best of an SDE-only grid's cell is the best SDE-only grid; of a '+range' or '@scale'
+    one (it knows the data), the best of all.
     """
     floors = {r["data"]: r["fd"][1] for r in rows if r["kind"] == "floor"}
     out: dict = {}
@@ -501,17 +501,23 @@ def transfer_verdicts(rows, metric: str = "err") -> dict:
         tol = floors.get(key[1], 0.0) if metric == "err" else 0.0
         vals = {c: max(r[metric], 0.0) if np.isfinite(r[metric]) else np.inf
                 for c, r in by.items()}
-        # Without the data's range a sampler can only use the SDE-only grids: those compete
-        # among themselves; a '+range' candidate competes with every grid.
-        best_sde_only = min((v for c, v in vals.items() if "+range" not in c), default=np.inf)
+        # Without the data's range or scale a sampler can only use the SDE-only grids: those
+        # compete among themselves; a '+range' or '@scale' candidate competes with every grid.
+        best_sde_only = min((v for c, v in vals.items() if not _knows_data(c)),
+                            default=np.inf)
         best_all = min(vals.values())
         for c, v in vals.items():
-            best = best_all if "+range" in c else best_sde_only
+            best = best_all if _knows_data(c) else best_sde_only
             ok, n, worst, where = out.get((key[0], c), (0, 0, 0.0, None))
             ratio = v / max(best, tol, 1e-12)
             out[(key[0], c)] = (ok + (v <= max(2 * best, tol)), n + 1,
                                 *((ratio, key[1:]) if ratio > worst else (worst, where)))
     return out
+
+
+def _knows_data(candidate: str) -> bool:
+    """A candidate placed with the data's noise range ('+range') or scale ('@scale')."""
+    return "+range" in candidate or "@scale" in candidate
 
 
 def transfer_markdown(rows) -> str:
@@ -523,7 +529,8 @@ def transfer_markdown(rows) -> str:
     lines += ["## Candidates: cells within 2x the best candidate (FD error, or on the floor: "
               "below the floor's std) | the same by rms; worst ratio (data, SDE, NFE). "
               "SDE-only grids are compared with the best SDE-only grid, '+range' ones "
-              "(the data's noise range) with the best of all.", "",
+              "(the data's noise range) and '@scale' ones (placed for the data's scale) with "
+              "the best of all; cells with one candidate are not counted.", "",
               "| sampler | candidate | FD error: cells ok | worst | rms: cells ok | worst |",
               "|---|---|---|---|---|---|"]
     for (sampler, cand), (ok, n, worst, where) in sorted(verdicts["err"].items()):

@@ -64,6 +64,25 @@ def test_new_problems_are_what_they_claim():
         np.testing.assert_allclose(small.covs, s**2 * data["2d"].covs, rtol=1e-12)
         lo, hi = module.noise_range(small)
         np.testing.assert_allclose((lo, hi), s * np.asarray(module.noise_range(data["2d"])))
+        np.testing.assert_allclose(module.data_scale(small), s * module.data_scale(data["2d"]),
+                                   rtol=1e-12)
+
+
+def test_data_scale_is_the_per_coordinate_std_of_the_mixture():
+    """sqrt(trace(Cov) / D) in closed form: two equal modes at +-m with variances v have
+    Cov = diag(m^2 + v); a rotation keeps the trace. The candidate 'default@scale' passes it
+    as the samplers' data_scale."""
+    module = _module()
+    from score_sde import analytic
+
+    m, v = np.array([3.0, 0.0]), np.array([0.5, 0.04])
+    mix = analytic.GaussianMixture([1.0, 1.0], np.stack([m, -m]), np.stack([np.diag(v)] * 2))
+    want = np.sqrt(np.mean(m**2 + v))
+    np.testing.assert_allclose(module.data_scale(mix), want, rtol=1e-12)
+    rot = np.array([[0.6, -0.8], [0.8, 0.6]])
+    np.testing.assert_allclose(module.data_scale(module.Rotated(mix, rot)), want, rtol=1e-12)
+    assert module.candidate_options("default@scale", mix) == {"data_scale": module.data_scale(mix)}
+    assert module.candidate_options("karras@scale", mix)["grid"] == "karras"
 
 
 def test_transfer_study_measures_error_against_the_ode(tmp_path):

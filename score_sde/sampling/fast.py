@@ -6,12 +6,12 @@ serves VP, sub-VP and VE: DDIM (Song, Meng & Ermon 2021), EDM's Heun sampler (Ka
 An optional `project(rng, x, x_mean, t)` acts on the prior draw and after every step; the
 sample is then the noise-free x_mean of the last projection.
 
-Default time grids transfer across SDEs (benchmarks/README.md "Grids that transfer": VP, sub-VP,
-VE with sigma_max 150 and 1348, EDM; five problems of different scales; NFE 5-20): VP's tuned
-grids carried to every SDE through the noise level, DDIM and Heun 'vp_uniform', DPM-Solver++
-'vp_quadratic' (data far above unit scale still wants its own sigma_range). When the data's
-noise range is known, DPM-Solver++ does best on grid='logsnr' with that `sigma_range`
-(score_sde.sampling.grids), which get_sampler_from_config derives from an image config.
+Default time grids transfer across SDEs and data scales (benchmarks/README.md "Grids that
+transfer": VP, sub-VP, VE with sigma_max 50 to 1348, EDM; five problems of spread 0.08 to 43;
+NFE 5-20): VP's tuned grids carried to every SDE through the noise level relative to the
+data's spread, sigma / (alpha data_scale), DDIM and Heun 'vp_uniform', DPM-Solver++
+'vp_quadratic'. data_scale (1: unit-scale data) comes from the caller, or from an image
+config's value range through get_sampler_from_config.
 """
 
 from __future__ import annotations

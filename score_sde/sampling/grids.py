@@ -4,6 +4,10 @@ A grid is named by where it puts its points: uniform in t ('uniform', the publis
 denser near the data ('quadratic', DDIM's), uniform in log-SNR lambda = log(alpha / sigma)
 ('logsnr', DPM-Solver's), or EDM's sigma^(1/rho) spacing of sigma_edm = sigma / alpha
 ('karras', rho = 7). Grids are static numpy arrays computed when a sampler is built.
+'vp_uniform' / 'vp_quadratic' are VP's 'uniform' / 'quadratic' carried to any SDE through the
+noise level sigma / alpha, and, with `data_scale=s` (the data's per-coordinate spread, 1 for
+unit-scale data), through the noise relative to the data, sigma / (alpha s): a grid placed for
+data s times wider has every point at s times the noise (where the SDE reaches it).
 
 `sigma_range=(lo, hi)` (noise levels sigma / alpha) spends the steps where the data changes:
 the named spacing covers [lo, hi], and one step each spans T -> hi and lo -> eps (those ends
