@@ -245,8 +245,9 @@ def test_cd_step_with_lpips_distance_trains_a_tiny_model(weights):
     from tests.driver_configs import tiny
 
     def step_for(distance):
-        config = make_consistency(tiny({"training.batch_size": 2}), "cd", num_levels=6,
-                                  distance=distance, lpips_weights=weights[0])
+        base = tiny({"training.batch_size": 2, "optim.warmup": 0})  # warm-up: lr 0 at step 0
+        config = make_consistency(base, "cd", num_levels=6, distance=distance,
+                                  lpips_weights=weights[0])
         model = get_model(config)
         opt = losses.get_optimizer(config)
         state = losses.init_train_state(jax.random.PRNGKey(0), config, model, opt)
