@@ -7,7 +7,9 @@ at relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 divided, at every pixel, by its c
 (+ 1e-10), and w_l >= 0 are LPIPS v0.1's learned 1x1 "lin" weights. Images are NHWC in [-1, 1];
 the input scaling layer (x - SHIFT) / SCALE first maps them to VGG's ImageNet normalisation
 (it equals ((x + 1) / 2 - mean) / std with the ImageNet mean and std, so LPIPS on [-1, 1] and
-the consistency models' piq LPIPS on (x + 1) / 2 see the same network input).
+the consistency models' piq LPIPS on (x + 1) / 2 see the same network input). Pooling is VGG's
+2 x 2 max pooling, as in LPIPS and in the JAX consistency-models code (CIFAR-10); the PyTorch
+consistency-models code uses piq's LPIPS with replace_pooling=True (average pooling) instead.
 
 Published practice for small images (openai/consistency_models): images whose side is below
 256 are upsampled to 224 x 224 bilinearly (half-pixel centres, as torch's align_corners=False)
