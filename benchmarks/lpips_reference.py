@@ -13,6 +13,7 @@ same random images:
   unit_range 16 x 16 grayscale in [0, 1] through get_lpips_fn(centered=False) vs the same
              images repeated to RGB, LPIPS(.., normalize=True) after the same upsampling
   gradient   d/da of sum_i LPIPS(a_i, b_i) (the direct case), JAX vs torch autograd
+  cost       CPU seconds (process time) of LPIPS's value and gradient per image pair at 224
 
 Tolerance: max relative difference 1e-4 (float32, 13 convolutions deep); the script exits 1 past
 it. Results: results/lpips_reference.json.
@@ -33,6 +34,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -140,11 +142,25 @@ def main() -> int:
     results["unit_range"] = {"torch": want.tolist(), "jax": got.tolist(),
                              "max_rel": _rel(got, want)}
 
+    # cost: process time of the jitted value and gradient at the CM resolution (224 x 224)
+    fn = jlpips.get_lpips_fn(params)
+    vg = jax.jit(jax.value_and_grad(lambda a, b: fn(a, b).sum()))
+    a = rng.uniform(-1, 1, (B, 32, 32, 3)).astype(np.float32)
+    jax.block_until_ready(vg(a, a[::-1]))
+    times = []
+    for _ in range(3):
+        t0 = time.process_time()
+        jax.block_until_ready(vg(a, a[::-1]))
+        times.append(time.process_time() - t0)
+    results["cpu_s_per_pair_value_and_grad_224"] = float(np.median(times)) / B
+
     worst = max(results[k]["max_rel"] for k in ("direct", "gradient", "cm_resize", "unit_range"))
     results["pass"] = bool(worst <= RTOL)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     for k in ("direct", "gradient", "cm_resize", "unit_range"):
         print(f"{k:>10}: max relative difference {results[k]['max_rel']:.2e}")
+    print(f"cost: {results['cpu_s_per_pair_value_and_grad_224']:.2f} CPU s per image pair "
+          "(value and gradient, 224 x 224)")
     print(f"{'PASS' if results['pass'] else 'FAIL'} (tolerance {RTOL:g}); wrote {args.out}")
     return 0 if results["pass"] else 1
 
