@@ -33,12 +33,24 @@ def _config(path: str):
     return module.get_config()
 
 
+def _run_config(workdir: str):
+    """The config a training run recorded in workdir/config.json (its overrides included)."""
+    import ml_collections
+
+    from score_sde.distillation import _tuples
+
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: pass --config=CONFIG_FILE")
+    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+
+
 def fd(args) -> dict:
     from score_sde import inference
     from score_sde import logging_utils as log
     from score_sde.metrics.digits_classifier import digits_fd
 
-    config = _config(args.config)
+    config = _config(args.config) if args.config else _run_config(args.workdir)
     config.sampling.method = args.method
     if args.nfe:
         config.sampling.nfe = args.nfe
@@ -115,7 +127,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fd")
-    f.add_argument("--config", required=True)
+    f.add_argument("--config", default=None,
+                   help="config file; default: the run's WORKDIR/config.json")
     f.add_argument("--workdir", required=True)
     f.add_argument("--method", default="consistency")
     f.add_argument("--nfe", type=int, default=None)

@@ -183,6 +183,22 @@ def test_consistency_sampler_with_exact_function_samples_the_data(nfe):
     assert abs(x.std() / std - 1) < 4 / math.sqrt(2 * x.size)
 
 
+def test_default_levels_end_at_the_published_two_step_level():
+    from score_sde.sampling.consistency import TWO_STEP_SIGMA, default_sigmas
+
+    assert default_sigmas(1, SIGMA_MAX, SIGMA_MIN) == ()
+    assert default_sigmas(2, SIGMA_MAX, SIGMA_MIN) == (TWO_STEP_SIGMA,) == (0.821,)
+    four = np.asarray(default_sigmas(4, SIGMA_MAX, SIGMA_MIN))
+    roots = np.concatenate([[SIGMA_MAX], four]) ** (1 / 7)  # a rho = 7 grid: equal steps
+    np.testing.assert_allclose(np.diff(roots), np.diff(roots)[0], rtol=1e-9)
+    assert four[-1] == TWO_STEP_SIGMA and four[0] < SIGMA_MAX
+    # a range without 0.821 inside: the interior of the rho-grid to sigma_min
+    low = default_sigmas(2, 0.5, SIGMA_MIN)
+    assert low[0] == pytest.approx(((0.5 ** (1 / 7) + SIGMA_MIN ** (1 / 7)) / 2) ** 7)
+    assert get_sampler("consistency", SDE, (2, 4), nfe=2, eps=SIGMA_MIN).ts[1] == \
+        pytest.approx(0.821, rel=1e-6)
+
+
 def test_consistency_sampler_levels_checked():
     with pytest.raises(ValueError, match="consistency_sigmas"):
         get_sampler("consistency", SDE, (2, 4), nfe=3, consistency_sigmas=(1.0,))
