@@ -24,7 +24,6 @@ from score_sde.sampling.common import (
 from score_sde.sampling.registry import register_sampler
 from score_sde.sde_lib import SDE
 
-
 # iCT's two-step level (Song & Dhariwal 2023, CIFAR-10): a noise level in the units of data
 # scaled to [-1, 1], the range every dataset of this framework is centred to, so it means the
 # same re-noising (coarse layout kept, detail redrawn) on any of them and on any SDE (levels are
