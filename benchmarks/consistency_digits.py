@@ -110,18 +110,19 @@ def grads(args) -> list:
         base.consistency.distance = name
         param, distance = cm.from_config(base, teacher.sde), cl._distance(base)
 
-        def loss(p, n, key, param=param, distance=distance):
-            full = lambda v: jnp.full((x.shape[0],), v, jnp.float32)  # noqa: E731
+        def loss(p, s_cur, s_next, key, param=param, distance=distance):
+            full = lambda u: jnp.full((x.shape[0],), u, jnp.float32)  # noqa: E731
             student, target = cl.cd_outputs(
                 cm.get_consistency_fn(param, teacher.model, p, True, key),
                 cm.get_consistency_fn(param, teacher.model, params, True, key),
-                lambda v, a, b: cl.ode_step(denoiser, v, a, b, "heun"), x,
-                jax.random.normal(key, x.shape), full(sig[n]), full(sig[n + 1]))
+                lambda u, a, b: cl.ode_step(denoiser, u, a, b, "heun"), x,
+                jax.random.normal(key, x.shape), full(s_cur), full(s_next))
             return jnp.mean(distance(student, target))
 
-        value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+        value_and_grad = jax.jit(jax.value_and_grad(loss))
         for n in range(len(sig) - 1):
-            value, g = value_and_grad(params, n, jax.random.PRNGKey(args.seed))
+            value, g = value_and_grad(params, float(sig[n]), float(sig[n + 1]),
+                                      jax.random.PRNGKey(args.seed))
             norm = float(jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(g))))
             rows.append({"distance": name, "sigma_next": round(float(sig[n + 1]), 4),
                          "loss": float(value), "grad_norm": round(norm, 5),
