@@ -267,7 +267,7 @@ def weighting_of(config) -> str:
     pseudo-Huber loss is the unsquared norm, whose per-example gradient has unit size however
     small the difference. Uniformly weighted, the sigma_max pair, where the student starting from
     the teacher is already most consistent, then gives the largest parameter gradient (digits
-    teacher: 12.7 against 0.03 under l2) and its noise wrecks the one-step map (FD 70 after 2,001
+    teacher: 12.6 against 0.03 under l2) and its noise wrecks the one-step map (FD 70 after 2,001
     steps); iCT's weight (0.045 there) restores l2's profile (one step 9.98 against l2's 11.62
     at 1,001 steps)."""
     c = _section(config)
