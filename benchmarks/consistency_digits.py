@@ -3,6 +3,9 @@
   fd    digits FD of N samples (EMA weights, quantised to uint8 as --mode eval does) of one
         workdir's newest checkpoint (or --step) with a sampler, a PNG grid of its first 64
         samples; one JSON line appended to --out
+  grads per-level CD loss and parameter-gradient norm at the student's start (the teacher's
+        weights) for the l2 and pseudo-Huber distances, and the iCT weight of each pair: why
+        uniformly weighted pseudo-Huber CD fails
   cost  CPU seconds per training step (process time, so other jobs' load does not count) of
         the teacher's DSM step, the CD step (teacher inside) and the CT step, jitted, batch 64
 
@@ -33,12 +36,24 @@ def _config(path: str):
     return module.get_config()
 
 
+def _run_config(workdir: str):
+    """The config a training run recorded in workdir/config.json (its overrides included)."""
+    import ml_collections
+
+    from score_sde.distillation import _tuples
+
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: pass --config=CONFIG_FILE")
+    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+
+
 def fd(args) -> dict:
     from score_sde import inference
     from score_sde import logging_utils as log
     from score_sde.metrics.digits_classifier import digits_fd
 
-    config = _config(args.config)
+    config = _config(args.config) if args.config else _run_config(args.workdir)
     config.sampling.method = args.method
     if args.nfe:
         config.sampling.nfe = args.nfe
@@ -70,6 +85,50 @@ def fd(args) -> dict:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
     return row
+
+
+def grads(args) -> list:
+    """CD loss and global gradient norm at each level pair (one batch, every example at that
+    pair) of a student equal to its teacher, for l2 and pseudo-Huber."""
+    import jax.numpy as jnp
+
+    from score_sde import consistency_losses as cl
+    from score_sde import datasets, distillation
+    from score_sde.models import consistency as cm
+    from score_sde.models import utils as mutils
+
+    base = _config("configs/digits_cd.py")
+    teacher = distillation.load_teacher(base, args.teacher_workdir)
+    params = jax.tree.map(jnp.asarray, teacher.params)
+    x = jnp.asarray(datasets.get_data_scaler(base)(
+        datasets.get_dataset(base, "train").batch(0)["image"]))
+    sig = cl.levels_of(base)
+    denoiser = cl.edm_denoiser(teacher.sde, mutils.get_denoiser_fn(
+        teacher.sde, teacher.model, params, continuous=True))
+    rows = []
+    for name in ("l2", "pseudo_huber"):
+        base.consistency.distance = name
+        param, distance = cm.from_config(base, teacher.sde), cl._distance(base)
+
+        def loss(p, s_cur, s_next, key, param=param, distance=distance):
+            full = lambda u: jnp.full((x.shape[0],), u, jnp.float32)  # noqa: E731
+            student, target = cl.cd_outputs(
+                cm.get_consistency_fn(param, teacher.model, p, True, key),
+                cm.get_consistency_fn(param, teacher.model, params, True, key),
+                lambda u, a, b: cl.ode_step(denoiser, u, a, b, "heun"), x,
+                jax.random.normal(key, x.shape), full(s_cur), full(s_next))
+            return jnp.mean(distance(student, target))
+
+        value_and_grad = jax.jit(jax.value_and_grad(loss))
+        for n in range(len(sig) - 1):
+            value, g = value_and_grad(params, float(sig[n]), float(sig[n + 1]),
+                                      jax.random.PRNGKey(args.seed))
+            norm = float(jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(g))))
+            rows.append({"distance": name, "sigma_next": round(float(sig[n + 1]), 4),
+                         "loss": float(value), "grad_norm": round(norm, 5),
+                         "ict_weight": round(1.0 / float(sig[n + 1] - sig[n]), 4)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def cost(args) -> dict:
@@ -115,7 +174,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fd")
-    f.add_argument("--config", required=True)
+    f.add_argument("--config", default=None,
+                   help="config file; default: the run's WORKDIR/config.json")
     f.add_argument("--workdir", required=True)
     f.add_argument("--method", default="consistency")
     f.add_argument("--nfe", type=int, default=None)
@@ -127,12 +187,15 @@ def main() -> None:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--name", required=True)
     f.add_argument("--out", default="benchmarks/results/consistency_digits.jsonl")
+    g = sub.add_parser("grads")
+    g.add_argument("--teacher_workdir", required=True)
+    g.add_argument("--seed", type=int, default=1)
     c = sub.add_parser("cost")
     c.add_argument("--teacher_workdir", required=True)
     c.add_argument("--steps", type=int, default=20)
     c.add_argument("--blocks", type=int, default=3)
     args = p.parse_args()
-    fd(args) if args.cmd == "fd" else cost(args)
+    {"fd": fd, "grads": grads, "cost": cost}[args.cmd](args)
 
 
 if __name__ == "__main__":

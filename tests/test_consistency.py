@@ -169,6 +169,31 @@ def test_distances_and_unknown_names_give_one_line():
         assert "\n" not in str(e.value) and "config.consistency." in str(e.value)
 
 
+def test_pseudo_huber_takes_icts_weights_unless_told_otherwise():
+    """Uniformly weighted pseudo-Huber CD is dominated by the sigma_max pair (unit-size
+    per-example gradients however consistent the pair already is): FD 70 on digits. 'auto'
+    pairs it with iCT's 1 / (sigma_{n+1} - sigma_n), and keeps l2 / LPIPS uniform (CD)."""
+    import ml_collections
+
+    from configs.consistency import consistency_section
+
+    def weighting(**values):
+        return CL.weighting_of(ml_collections.ConfigDict(
+            {"consistency": consistency_section(**values)}))
+
+    assert weighting(distance="pseudo_huber") == "ict"
+    assert weighting(distance="l2") == weighting(distance="lpips") == "uniform"
+    assert weighting(distance="pseudo_huber", weighting="uniform") == "uniform"
+    assert weighting(distance="l2", weighting="ict") == "ict"
+    with pytest.raises(ValueError) as e:
+        weighting(weighting="sqrt")
+    assert "\n" not in str(e.value) and "config.consistency.weighting" in str(e.value)
+    # the weights themselves: 1 / (sigma_{n+1} - sigma_n), and ones
+    s0, s1 = jnp.asarray([0.5, 10.0]), jnp.asarray([1.0, 30.0])
+    np.testing.assert_allclose(CL._weight("ict", s0, s1), [2.0, 0.05], rtol=1e-6)
+    np.testing.assert_array_equal(CL._weight("uniform", s0, s1), [1.0, 1.0])
+
+
 # ------------------------------------------------------------------------------ sampler
 
 
@@ -181,6 +206,22 @@ def test_consistency_sampler_with_exact_function_samples_the_data(nfe):
     std = math.sqrt(S**2 + SIGMA_MIN**2)
     assert abs(x.mean() - MU) < 4 * std / math.sqrt(x.size)
     assert abs(x.std() / std - 1) < 4 / math.sqrt(2 * x.size)
+
+
+def test_default_levels_end_at_the_published_two_step_level():
+    from score_sde.sampling.consistency import TWO_STEP_SIGMA, default_sigmas
+
+    assert default_sigmas(1, SIGMA_MAX, SIGMA_MIN) == ()
+    assert default_sigmas(2, SIGMA_MAX, SIGMA_MIN) == (TWO_STEP_SIGMA,) == (0.821,)
+    four = np.asarray(default_sigmas(4, SIGMA_MAX, SIGMA_MIN))
+    roots = np.concatenate([[SIGMA_MAX], four]) ** (1 / 7)  # a rho = 7 grid: equal steps
+    np.testing.assert_allclose(np.diff(roots), np.diff(roots)[0], rtol=1e-9)
+    assert four[-1] == TWO_STEP_SIGMA and four[0] < SIGMA_MAX
+    # a range without 0.821 inside: the interior of the rho-grid to sigma_min
+    low = default_sigmas(2, 0.5, SIGMA_MIN)
+    assert low[0] == pytest.approx(((0.5 ** (1 / 7) + SIGMA_MIN ** (1 / 7)) / 2) ** 7)
+    assert get_sampler("consistency", SDE, (2, 4), nfe=2, eps=SIGMA_MIN).ts[1] == \
+        pytest.approx(0.821, rel=1e-6)
 
 
 def test_consistency_sampler_levels_checked():

@@ -15,7 +15,9 @@ def consistency_section(**values) -> ml_collections.ConfigDict:
     c.lpips_weights = ''
     c.teacher_solver = 'heun'  # 'heun', or 'euler' (= DPM-Solver++ first order)
     c.target_ema = 0.0  # CD's target network mu; 0: stop-gradient of the student (CIFAR-10)
-    c.weighting = 'uniform'  # 'uniform' (CD) or 'ict': 1 / (sigma_{n+1} - sigma_n)
+    # 'uniform' (CD), 'ict': 1 / (sigma_{n+1} - sigma_n), or 'auto': 'ict' with pseudo_huber
+    # (iCT's pair; uniform pseudo-Huber CD is dominated by the sigma_max pair), else 'uniform'
+    c.weighting = 'auto'
     c.init_from_teacher = True
     c.teacher_config = ''  # the teacher's config file; default teacher_workdir/config.json
     c.start_levels = 10  # CT: s0 of N's doubling curriculum (iCT)

@@ -24,13 +24,30 @@ from score_sde.sampling.common import (
 from score_sde.sampling.registry import register_sampler
 from score_sde.sde_lib import SDE
 
+# iCT's two-step level (Song & Dhariwal 2023, CIFAR-10): a noise level in the units of data
+# scaled to [-1, 1], the range every dataset of this framework is centred to, so it means the
+# same re-noising (coarse layout kept, detail redrawn) on any of them and on any SDE (levels are
+# sigma / alpha). On digits 0.4 and 0.821 give the same FD and the old default 2.5 is 1.5x worse.
+TWO_STEP_SIGMA = 0.821
 
-def default_sigmas(nfe: int, sigma_max: float, sigma_min: float, rho: float = 7.0) -> tuple:
-    """The nfe - 1 intermediate levels: the interior of a Karras rho-grid of nfe steps from
-    sigma_max to sigma_min (nfe 2 on EDM's range: 2.5)."""
-    ramp = np.linspace(0.0, 1.0, nfe + 1)[1:-1]
-    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return tuple(float(v) for v in (hi + ramp * (lo - hi)) ** rho)
+
+def default_sigmas(nfe: int, sigma_max: float, sigma_min: float, rho: float = 7.0,
+                   last: float = TWO_STEP_SIGMA) -> tuple:
+    """The nfe - 1 intermediate levels: the points below sigma_max of a Karras rho-grid of
+    nfe - 1 steps from sigma_max down to `last` (nfe 2: `last` alone; nfe 4 on EDM's range:
+    23.6, 5.35, 0.821). When `last` is outside (sigma_min, sigma_max), the grid runs to
+    sigma_min and its interior is used instead."""
+    if nfe < 2:
+        return ()
+    if not sigma_min < last < sigma_max:
+        ramp = np.linspace(0.0, 1.0, nfe + 1)[1:-1]
+        hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+        return tuple(float(v) for v in (hi + ramp * (lo - hi)) ** rho)
+    ramp = np.linspace(0.0, 1.0, nfe)[1:]
+    hi, lo = sigma_max ** (1 / rho), last ** (1 / rho)
+    levels = (hi + ramp * (lo - hi)) ** rho
+    levels[-1] = last
+    return tuple(float(v) for v in levels)
 
 
 def _noise_levels(sde: SDE, t: float) -> tuple[float, float]:
