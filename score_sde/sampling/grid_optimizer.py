@@ -28,9 +28,9 @@ batch of prior draws x_T (shape[0] of them):
    exactly; UniPC through DPM-Solver++(2M)); Adam on the grid's log-SNR increments (softmax, so
    the times stay ordered and the ends fixed) lowers its mean square distance to the teacher's
    endpoint, from the better of the default and the DP grid. Each Adam step takes a minibatch
-   of refine_batch draws (cycling through the batch); the grid after the cycle of the lowest
-   mean loss is kept, and the refinement stops when that mean has not improved for `patience`
-   cycles.
+   of refine_batch draws (cycling through the batch); after each cycle through the draws the
+   grid's loss on all of them is measured, the best grid is kept, and the refinement stops
+   when that loss has not improved for `patience` cycles.
 5. The judge is the sampler itself: its output on each candidate grid (default, DP, refined)
    against the teacher's endpoint, same draws. The best wins, so the result is never worse
    than the default on those draws.
@@ -153,7 +153,7 @@ def solve_teacher(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, eps: f
 def optimize_grid(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, method: str,
                   nfe: int | None = None, eps: float = 1e-3, rng: jax.Array | None = None,
                   n_fine: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
-                  refine_steps: int = 40, learning_rate: float = 0.05, refine_batch: int = 32,
+                  refine_steps: int = 40, learning_rate: float = 0.01, refine_batch: int = 32,
                   patience: int = 2, teacher: Teacher | None = None,
                   options: dict[str, Any] | None = None) -> GridResult:
     """The grid of `method` at `nfe` that best matches the teacher solve (module docstring).
@@ -482,8 +482,8 @@ class _ProxyLoss:
     def refine(self, times: np.ndarray, loss: float, n_steps: int, learning_rate: float,
                batch: int, patience: int) -> tuple[np.ndarray, int]:
         """Adam on the log-SNR increments of the grid (of proxy loss `loss`), one minibatch of
-        `batch` draws a step; (the grid after the cycle through the draws of least mean loss,
-        Adam steps taken)."""
+        `batch` draws a step; (the grid of least loss on all draws, measured after each cycle
+        through them, Adam steps taken)."""
         t_end = jnp.asarray(times[-1], jnp.float32)
         lam = np.asarray(self.sde.log_snr(jnp.asarray(times, jnp.float32)), np.float64)
         logits = jnp.asarray(np.log(np.diff(lam)), jnp.float32)
@@ -500,10 +500,10 @@ class _ProxyLoss:
             logits = optax.apply_updates(logits, updates)
             if len(cycle) < len(parts):
                 continue
-            grid, mean, cycle = np.asarray(self._times(logits, t_end), np.float64), \
-                float(np.mean(cycle)), []
-            if mean < best[0] * (1 - 1e-3) and np.all(np.diff(grid) < 0):
-                best, stale = (mean, grid), 0
+            grid, cycle = np.asarray(self._times(logits, t_end), np.float64), []
+            value = self(grid)
+            if value < best[0] * (1 - 1e-3) and np.all(np.diff(grid) < 0):
+                best, stale = (value, grid), 0
             else:
                 stale += 1
                 if stale >= patience:
