@@ -29,8 +29,9 @@ batch of prior draws x_T (shape[0] of them):
    the times stay ordered and the ends fixed) lowers its mean square distance to the teacher's
    endpoint, from the better of the default and the DP grid. Each Adam step takes a minibatch
    of refine_batch draws (cycling through the batch); after each cycle through the draws the
-   grid's loss on all of them is measured, the best grid is kept, and the refinement stops
-   when that loss has not improved for `patience` cycles.
+   grid's loss on all of them is measured and the best grid kept; a cycle that does not
+   improve on it halves the step size and restarts from the best grid, and `patience` such
+   cycles in a row end the refinement.
 5. The judge is the sampler itself: its output on each candidate grid (default, DP, refined)
    against the teacher's endpoint, same draws. The best wins, so the result is never worse
    than the default on those draws.
@@ -153,8 +154,8 @@ def solve_teacher(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, eps: f
 def optimize_grid(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, method: str,
                   nfe: int | None = None, eps: float = 1e-3, rng: jax.Array | None = None,
                   n_fine: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
-                  refine_steps: int = 40, learning_rate: float = 0.01, refine_batch: int = 32,
-                  patience: int = 2, teacher: Teacher | None = None,
+                  refine_steps: int = 40, learning_rate: float = 0.05, refine_batch: int = 32,
+                  patience: int = 3, teacher: Teacher | None = None,
                   options: dict[str, Any] | None = None) -> GridResult:
     """The grid of `method` at `nfe` that best matches the teacher solve (module docstring).
 
@@ -482,32 +483,36 @@ class _ProxyLoss:
     def refine(self, times: np.ndarray, loss: float, n_steps: int, learning_rate: float,
                batch: int, patience: int) -> tuple[np.ndarray, int]:
         """Adam on the log-SNR increments of the grid (of proxy loss `loss`), one minibatch of
-        `batch` draws a step; (the grid of least loss on all draws, measured after each cycle
-        through them, Adam steps taken)."""
+        `batch` draws a step. After each cycle through the draws the grid's loss on all of
+        them is measured: a better grid is kept; otherwise the step size is halved and Adam
+        restarts from the best grid, up to `patience` times in a row. Returns (the best grid,
+        Adam steps taken)."""
         t_end = jnp.asarray(times[-1], jnp.float32)
         lam = np.asarray(self.sde.log_snr(jnp.asarray(times, jnp.float32)), np.float64)
         logits = jnp.asarray(np.log(np.diff(lam)), jnp.float32)
         batch = max(1, min(batch, self.x_T.shape[0]))
         parts = [(self.x_T[s:s + batch], self.target[s:s + batch])
                  for s in range(0, self.x_T.shape[0] - batch + 1, batch)]
-        opt = optax.adam(learning_rate)
-        state = opt.init(logits)
-        best, stale, cycle, taken = (loss, np.asarray(times, np.float64)), 0, [], 0
+        adam = optax.scale_by_adam()
+        state, scale = adam.init(logits), learning_rate
+        best = (loss, np.asarray(times, np.float64), logits)
+        stale, taken = 0, 0
         for taken in range(1, n_steps + 1):
-            value, grad = self._grad(logits, t_end, *parts[(taken - 1) % len(parts)])
-            cycle.append(float(value))
-            updates, state = opt.update(grad, state)
-            logits = optax.apply_updates(logits, updates)
-            if len(cycle) < len(parts):
+            _, grad = self._grad(logits, t_end, *parts[(taken - 1) % len(parts)])
+            updates, state = adam.update(grad, state)
+            logits = logits - scale * updates
+            if taken % len(parts):
                 continue
-            grid, cycle = np.asarray(self._times(logits, t_end), np.float64), []
+            grid = np.asarray(self._times(logits, t_end), np.float64)
             value = self(grid)
             if value < best[0] * (1 - 1e-3) and np.all(np.diff(grid) < 0):
-                best, stale = (value, grid), 0
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
+                best, stale = (value, grid, logits), 0
+                continue
+            stale += 1
+            if stale >= patience:
+                break
+            logits, scale = best[2], scale / 2  # overshot: back to the best, smaller steps
+            state = adam.init(logits)
         return best[1], taken
 
 
