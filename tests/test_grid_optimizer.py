@@ -105,10 +105,10 @@ def test_the_refinement_runs_the_sampler_itself(method, kind, order):
     ts = get_time_grid("quadratic", VP, 6, EPS)
     x_T = jax.random.normal(jax.random.PRNGKey(3), (16, 2))
     proxy = grid_optimizer._ProxyLoss(VP, score_fn, x_T, x_T, kind, order)
-    copy = proxy._ipndm(jnp.asarray(ts), x_T) if kind == "ipndm" else proxy._dpm(jnp.asarray(ts),
-                                                                                  x_T)
+    run_copy = proxy._ipndm if kind == "ipndm" else proxy._dpm
+    copy = jax.jit(run_copy)(jnp.asarray(ts), x_T)
     sample = get_sampler(method, VP, (16, 2), eps=EPS, ts=ts, order=order)
-    x = sample(jax.random.PRNGKey(0), score_fn, x_init=x_T)[0]
+    x = jax.jit(lambda x: sample(jax.random.PRNGKey(0), score_fn, x_init=x)[0])(x_T)
     assert float(jnp.max(jnp.abs(x - x_T))) > 0.5  # it moved
     np.testing.assert_allclose(np.asarray(copy), np.asarray(x), rtol=1e-4, atol=1e-4)
 
