@@ -78,10 +78,12 @@ def pseudo_huber_c(dim: int) -> float:
     return 0.00054 * math.sqrt(dim)
 
 
-def get_distance(name: str, dim: int, lpips_weights: str = "") -> Distance:
+def get_distance(name: str, dim: int, lpips_weights: str = "",
+                 centered: bool = True) -> Distance:
     """The per-example distance `name` on data of dimension `dim`: 'l2' (mean squared error,
     CD's published l2), 'pseudo_huber' (sqrt(|a - b|^2 + c^2) - c, c = pseudo_huber_c(dim)) or
-    'lpips' (needs the user's weights file config.consistency.lpips_weights)."""
+    'lpips' (score_sde/lpips.py, images only: the user's weights file lpips_weights =
+    config.consistency.lpips_weights; `centered`: data in [-1, 1], else [0, 1])."""
     name = str(name).lower()
     if name == "l2":
         return lambda a, b: jnp.mean(jnp.square(a - b).reshape(a.shape[0], -1), axis=-1)
@@ -90,23 +92,20 @@ def get_distance(name: str, dim: int, lpips_weights: str = "") -> Distance:
         return lambda a, b: jnp.sqrt(
             jnp.sum(jnp.square(a - b).reshape(a.shape[0], -1), axis=-1) + c**2) - c
     if name == "lpips":
-        return _lpips(lpips_weights)
+        return _lpips(lpips_weights, centered)
     raise ValueError(f"config.consistency.distance={name!r} is not known; choose one of "
                      f"{DISTANCES}")
 
 
-def _lpips(path: str) -> Distance:
-    from score_sde import storage
+def _lpips(path: str, centered: bool) -> Distance:
+    from score_sde import lpips
 
-    if not path or not storage.path(path).exists():
-        raise FileNotFoundError(
-            f"config.consistency.distance='lpips' needs LPIPS weights: set "
-            f"config.consistency.lpips_weights to an .npz of the VGG16 features and LPIPS "
-            f"linear layers (got {path!r}, which does not exist); or use distance "
-            "'pseudo_huber'")
-    raise NotImplementedError(
-        f"config.consistency.distance='lpips' with {path}: the LPIPS network is not part of "
-        "this release; use distance 'pseudo_huber' (iCT) or 'l2'")
+    if not path:
+        raise ValueError("config.consistency.distance='lpips' needs config.consistency."
+                         "lpips_weights: an .npz made by scripts/convert_lpips_weights.py "
+                         "(README, Consistency models); or use distance 'pseudo_huber'")
+    return lpips.get_lpips_fn(lpips.load_weights(path, "config.consistency.lpips_weights"),
+                              centered)
 
 
 # --------------------------------------------------------------------- the teacher's ODE step
@@ -274,7 +273,8 @@ def _distance(config) -> Distance:
     d = config.data
     dim = int(d.image_size) ** 2 * int(d.num_channels)
     c = config.consistency
-    return get_distance(c.distance, dim, str(c.get("lpips_weights", "") or ""))
+    return get_distance(c.distance, dim, str(c.get("lpips_weights", "") or ""),
+                        bool(d.centered))
 
 
 def _student_sde(config) -> sde_lib.SDE:
