@@ -54,6 +54,34 @@ def digits_fd(config, restorer, params, overrides: dict, num_samples: int, batch
     return float(stats.evaluate_samples(samples, None, "digits")["digits_fd"]), nfe
 
 
+def rejudge(path: str, config, restorer, score_fn, teacher, shape, record) -> None:
+    """The judge's decision, default grid against the stored grid, for each optimised row of
+    the results JSON at `path` (same teacher draws as the optimiser's)."""
+    from score_sde.sampling import grid_optimizer
+
+    x_T = teacher.xs[0].reshape(shape).astype(np.float32)
+    grid_dir = os.path.splitext(path)[0] + "_grids"
+    for row in json.load(open(path))["rows"]:
+        if row["grid"] != "optimised":
+            continue
+        method, nfe = row["sampler"], row["nfe"]
+        stored = grid_files.read_grid_file(
+            os.path.join(grid_dir, f"{method.replace('+', 'p')}_nfe{nfe}.json"))
+        _, options = sampling.sampler_options_from_config(config, method)
+        for key in ("nfe", "grid", "sigma_range"):
+            options.pop(key, None)
+        per_draw = {name: grid_optimizer._sampler_error(
+            method, restorer.sde, shape, restorer.eps, np.asarray(times, np.float64), options,
+            score_fn, x_T, teacher.xs[-1])
+            for name, times in (("default", stored["start_times"]), (row["chosen"],
+                                                                     stored["times"]))}
+        record({"sampler": method, "nfe": nfe, "was": row["chosen"],
+                "kept": grid_optimizer.judge(per_draw),
+                "rms": {k: float(np.sqrt(np.mean(v))) for k, v in per_draw.items()},
+                "wins": int(np.sum(per_draw[row["chosen"]] < per_draw["default"])),
+                "draws": len(x_T)})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
@@ -70,6 +98,10 @@ def main() -> None:
                    help="skip the default-grid rows (measured before)")
     p.add_argument("--refine_steps", type=int, default=40)
     p.add_argument("--refine_batch", type=int, default=32)
+    p.add_argument("--rejudge", default="",
+                   help="comma-separated results JSONs of this script: rerun only the judge "
+                        "(grid_optimizer.judge) on each optimised row's grid against its default, "
+                        "on the stored teacher, and write the decisions to --out")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -94,6 +126,12 @@ def main() -> None:
                        "num_samples": args.num_samples, "draws": args.draws, "rows": rows},
                       f, indent=1)
 
+    if args.rejudge:
+        teacher = grid_search.cached_teacher(score_fn, restorer.sde, shape, restorer.eps, 0,
+                                             step, args.workdir)
+        for path in args.rejudge.split(","):
+            rejudge(path, config, restorer, score_fn, teacher, shape, record)
+        return
     if args.ode:
         t = time.time()
         fd, nfe = digits_fd(config, restorer, params, {"method": "ode"}, args.num_samples,
