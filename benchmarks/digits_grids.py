@@ -167,7 +167,7 @@ def main() -> None:
                               args.num_samples, args.batch)
             record({"sampler": method, "nfe": nfe, "grid": "optimised", "digits_fd": fd,
                     "error_before": result.cost_before, "error_after": result.cost_after,
-                    "chosen": min(result.candidates, key=result.candidates.get),
+                    "chosen": result.chosen,
                     "optimise_s": opt_s, "phases_s": result.seconds,
                     "refine_steps": result.refine_steps, "teacher_s": teacher_s,
                     "teacher_nfe": result.teacher_nfe,

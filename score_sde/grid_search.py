@@ -75,7 +75,7 @@ def optimize(config, workdir: str | Path) -> Path:
                                    **result.record())
     log.say(f"{method} at nfe={result.nfe}: error against the teacher solve "
             f"{result.cost_before:.4g} on the default grid -> {result.cost_after:.4g} "
-            f"({min(result.candidates, key=result.candidates.get)}); sample with "
+            f"({result.chosen}); sample with "
             f"--config.sampling.method={method} --config.sampling.nfe={result.nfe} "
             f"--config.sampling.grid=file:{out}")
     return out

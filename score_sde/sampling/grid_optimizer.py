@@ -80,7 +80,7 @@ class GridResult:
     times and the teacher's endpoint (data units, same draws); candidates: that error of every
     grid tried (name -> RMS); teacher_nfe: score calls of the teacher solve; seconds: wall
     time of each phase (teacher: 0 when given, dp, refine, judge); refine_steps: Adam steps
-    taken.
+    taken; chosen: the name of the grid kept.
     """
 
     times: np.ndarray
@@ -93,13 +93,15 @@ class GridResult:
     nfe: int
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     refine_steps: int = 0
+    chosen: str = "default"
 
     def record(self) -> dict[str, Any]:
         """What a grid file keeps besides the times (grid_files.write_grid_file(**record))."""
         return {"cost_before": self.cost_before, "cost_after": self.cost_after,
                 "start_times": [float(t) for t in self.start_times],
                 "candidates": self.candidates, "teacher_nfe": self.teacher_nfe,
-                "seconds": self.seconds, "refine_steps": self.refine_steps}
+                "seconds": self.seconds, "refine_steps": self.refine_steps,
+                "chosen": self.chosen}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +204,7 @@ def optimize_grid(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, method
     errors = {name: float(np.sqrt(np.mean(e))) for name, e in per_draw.items()}
     return GridResult(np.asarray(candidates[best], np.float32), start, errors["default"],
                       errors[best], errors, teacher_nfe, method, nfe, clock.seconds,
-                      steps_taken)
+                      steps_taken, best)
 
 
 class _Clock:
