@@ -240,6 +240,12 @@ def test_optimize_grid_mode_writes_a_grid_that_samples(tmp_path, capsys):
     assert (record["sampler"], record["nfe"], record["checkpoint_step"]) == ("dpm_solver++", 4, 2)
     assert len(record["times"]) == 5 and record["cost_after"] <= record["cost_before"]
     assert f"--config.sampling.grid=file:{path}" in capsys.readouterr().out
+    # the teacher solve is kept beside the grids and reused for another sampler and NFE
+    assert len(list((tmp_path / "grids").glob("teacher_step2_draws16_seed*.npz"))) == 1
+    config.sampling.method, config.sampling.nfe = "ddim", 3
+    assert main.run("optimize_grid", config, str(tmp_path)).name == "ddim_nfe3_step2.json"
+    assert "Reusing the teacher solve" in capsys.readouterr().out
+    config.sampling.method, config.sampling.nfe = "dpm_solver++", 4
 
     config.sampling.grid = f"file:{path}"
     r = inference.Restorer(config, tmp_path)
