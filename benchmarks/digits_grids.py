@@ -2,8 +2,9 @@
 
 One process restores a trained digits model's EMA weights (read only), then for every sampler
 and NFE: samples --num_samples digits on the sampler's default grid, fits the grid with
-`score_sde.sampling.optimize_grid` (--draws prior draws, seed 0) and samples again on it, with
-the same prior draws for every row (paired). The adaptive probability-flow ODE (Tsit5,
+`score_sde.sampling.optimize_grid` (--draws prior draws, seed 0; one teacher solve for every
+sampler and NFE, kept beside the checkpoint as --mode optimize_grid keeps it) and samples again
+on it, with the same prior draws for every row (paired). The adaptive probability-flow ODE (Tsit5,
 rtol = atol = 1e-5) is the reference row. Writes a JSON (rows: sampler, nfe, grid, digits_fd,
 the optimiser's error before / after and its wall time) and the optimised grid files.
 
@@ -26,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from score_sde import inference, logging_utils, sampling  # noqa: E402
+from score_sde import grid_search, inference, logging_utils, sampling  # noqa: E402
 from score_sde.metrics import stats  # noqa: E402
 from score_sde.sampling import grid_files  # noqa: E402
 
@@ -53,6 +54,34 @@ def digits_fd(config, restorer, params, overrides: dict, num_samples: int, batch
     return float(stats.evaluate_samples(samples, None, "digits")["digits_fd"]), nfe
 
 
+def rejudge(path: str, config, restorer, score_fn, teacher, shape, record) -> None:
+    """The judge's decision, default grid against the stored grid, for each optimised row of
+    the results JSON at `path` (same teacher draws as the optimiser's)."""
+    from score_sde.sampling import grid_optimizer
+
+    x_T = teacher.xs[0].reshape(shape).astype(np.float32)
+    grid_dir = os.path.splitext(path)[0] + "_grids"
+    for row in json.load(open(path))["rows"]:
+        if row["grid"] != "optimised":
+            continue
+        method, nfe = row["sampler"], row["nfe"]
+        stored = grid_files.read_grid_file(
+            os.path.join(grid_dir, f"{method.replace('+', 'p')}_nfe{nfe}.json"))
+        _, options = sampling.sampler_options_from_config(config, method)
+        for key in ("nfe", "grid", "sigma_range"):
+            options.pop(key, None)
+        per_draw = {name: grid_optimizer._sampler_error(
+            method, restorer.sde, shape, restorer.eps, np.asarray(times, np.float64), options,
+            score_fn, x_T, teacher.xs[-1])
+            for name, times in (("default", stored["start_times"]), (row["chosen"],
+                                                                     stored["times"]))}
+        record({"sampler": method, "nfe": nfe, "was": row["chosen"],
+                "kept": grid_optimizer.judge(per_draw),
+                "rms": {k: float(np.sqrt(np.mean(v))) for k, v in per_draw.items()},
+                "wins": int(np.sum(per_draw[row["chosen"]] < per_draw["default"])),
+                "draws": len(x_T)})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
@@ -65,6 +94,14 @@ def main() -> None:
     p.add_argument("--ode", action="store_true", help="add the adaptive ODE reference row")
     p.add_argument("--default_only", action="store_true",
                    help="only the default-grid rows (the config's grids), no optimisation")
+    p.add_argument("--optimised_only", action="store_true",
+                   help="skip the default-grid rows (measured before)")
+    p.add_argument("--refine_steps", type=int, default=40)
+    p.add_argument("--refine_batch", type=int, default=32)
+    p.add_argument("--rejudge", default="",
+                   help="comma-separated results JSONs of this script: rerun only the judge "
+                        "(grid_optimizer.judge) on each optimised row's grid against its default, "
+                        "on the stored teacher, and write the decisions to --out")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -79,6 +116,7 @@ def main() -> None:
     shape = (args.draws, d.image_size, d.image_size, d.num_channels)
     grid_dir = os.path.splitext(args.out)[0] + "_grids"
     rows = []
+    teacher, teacher_s = None, 0.0  # solved (or loaded) once, for the first optimised row
 
     def record(row):
         rows.append(row)
@@ -88,6 +126,12 @@ def main() -> None:
                        "num_samples": args.num_samples, "draws": args.draws, "rows": rows},
                       f, indent=1)
 
+    if args.rejudge:
+        teacher = grid_search.cached_teacher(score_fn, restorer.sde, shape, restorer.eps, 0,
+                                             step, args.workdir)
+        for path in args.rejudge.split(","):
+            rejudge(path, config, restorer, score_fn, teacher, shape, record)
+        return
     if args.ode:
         t = time.time()
         fd, nfe = digits_fd(config, restorer, params, {"method": "ode"}, args.num_samples,
@@ -99,14 +143,21 @@ def main() -> None:
             base = {"method": method, "nfe": nfe}
             _, options = sampling.sampler_options_from_config(config, method)
             options.pop("nfe", None)
-            fd, _ = digits_fd(config, restorer, params, base, args.num_samples, args.batch)
-            record({"sampler": method, "nfe": nfe, "grid": "default", "digits_fd": fd})
+            if not args.optimised_only:
+                fd, _ = digits_fd(config, restorer, params, base, args.num_samples, args.batch)
+                record({"sampler": method, "nfe": nfe, "grid": "default", "digits_fd": fd})
             if args.default_only:
                 continue
+            if teacher is None:
+                t = time.time()
+                teacher = grid_search.cached_teacher(score_fn, restorer.sde, shape, restorer.eps,
+                                                     0, step, args.workdir)
+                teacher_s = time.time() - t
             t = time.time()
             result = sampling.optimize_grid(score_fn, restorer.sde, shape, method=method,
-                                            nfe=nfe, eps=restorer.eps,
-                                            rng=jax.random.PRNGKey(0), options=options)
+                                            nfe=nfe, eps=restorer.eps, teacher=teacher,
+                                            refine_steps=args.refine_steps,
+                                            refine_batch=args.refine_batch, options=options)
             opt_s = time.time() - t
             path = os.path.join(grid_dir, f"{method.replace('+', 'p')}_nfe{nfe}.json")
             grid_files.write_grid_file(path, result.times, sampler=method, nfe=nfe,
@@ -116,8 +167,12 @@ def main() -> None:
                               args.num_samples, args.batch)
             record({"sampler": method, "nfe": nfe, "grid": "optimised", "digits_fd": fd,
                     "error_before": result.cost_before, "error_after": result.cost_after,
-                    "chosen": min(result.candidates, key=result.candidates.get),
-                    "optimise_s": opt_s, "times": [float(v) for v in result.times]})
+                    "chosen": result.chosen,
+                    "optimise_s": opt_s, "phases_s": result.seconds,
+                    "refine_steps": result.refine_steps, "teacher_s": teacher_s,
+                    "teacher_nfe": result.teacher_nfe,
+                    "times": [float(v) for v in result.times]})
+            teacher_s = 0.0  # paid once
 
 
 if __name__ == "__main__":

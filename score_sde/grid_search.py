@@ -6,16 +6,20 @@ sampling options as set) on config.eval.batch_size prior draws (seed config.seed
 workdir/grids/<method>_nfe<nfe>_step<step>.json (times, sampler, nfe, SDE, checkpoint step, the
 sampler's error against the teacher solve before and after). The last line printed is the
 override that samples on it: --config.sampling.grid=file:PATH.
+
+The teacher solve (the slow part, and the same for every sampler and NFE) is kept beside the
+grids as workdir/grids/teacher_step<step>_draws<B>_seed<seed>.npz and reused by later runs
+with the same checkpoint, draws, seed and solver tolerances.
 """
 
 from __future__ import annotations
 
-import jax
 from etils.epath import Path
 
 from score_sde import inference, storage
 from score_sde import logging_utils as log
 from score_sde.sampling import grid_files, optimize_grid, sampler_options_from_config
+from score_sde.sampling.grid_optimizer import Teacher, solve_teacher, teacher_key
 
 GRID_DIR = "grids"
 
@@ -24,6 +28,26 @@ def grid_path(workdir: str | Path, method: str, nfe: int, step: int) -> Path:
     """Where the grid of `method` at `nfe` for the checkpoint at `step` is written."""
     name = method.replace("+", "p")
     return storage.path(workdir) / GRID_DIR / f"{name}_nfe{nfe}_step{step}.json"
+
+
+def teacher_path(workdir: str | Path, step: int, draws: int, seed: int) -> Path:
+    """Where the teacher solve of `draws` prior draws of `seed` for the checkpoint is kept."""
+    return storage.path(workdir) / GRID_DIR / f"teacher_step{step}_draws{draws}_seed{seed}.npz"
+
+
+def cached_teacher(score_fn, sde, shape, eps: float, seed: int, step: int,
+                   workdir: str | Path) -> Teacher:
+    """The stored teacher of these draws and checkpoint, or a new solve (then stored)."""
+    path = teacher_path(workdir, step, shape[0], seed)
+    teacher = Teacher.load(path, teacher_key(sde, shape, eps, seed, checkpoint_step=step))
+    if teacher is not None:
+        log.say(f"Reusing the teacher solve {path}")
+        return teacher
+    teacher = solve_teacher(score_fn, sde, shape, eps=eps, seed=seed, checkpoint_step=step)
+    if log.is_main():
+        teacher.save(path)
+    log.say(f"Teacher solve ({teacher.nfe} score calls) kept in {path}")
+    return teacher
 
 
 def optimize(config, workdir: str | Path) -> Path:
@@ -40,9 +64,10 @@ def optimize(config, workdir: str | Path) -> Path:
     score_fn = inference.model_score_fn(config, restorer.sde, restorer.model, state.ema_params)
     log.say(f"Optimising the {method} grid at nfe={nfe or 'default'} for step {step} on "
             f"{shape[0]} prior draws")
+    teacher = cached_teacher(score_fn, restorer.sde, shape, restorer.eps, int(config.seed),
+                             step, workdir)
     result = optimize_grid(score_fn, restorer.sde, shape, method=method, nfe=nfe,
-                           eps=restorer.eps, rng=jax.random.PRNGKey(int(config.seed)),
-                           options=options)
+                           eps=restorer.eps, teacher=teacher, options=options)
     out = grid_path(workdir, method, result.nfe, step)
     if log.is_main():
         grid_files.write_grid_file(out, result.times, sampler=method, nfe=result.nfe,
@@ -50,7 +75,7 @@ def optimize(config, workdir: str | Path) -> Path:
                                    **result.record())
     log.say(f"{method} at nfe={result.nfe}: error against the teacher solve "
             f"{result.cost_before:.4g} on the default grid -> {result.cost_after:.4g} "
-            f"({min(result.candidates, key=result.candidates.get)}); sample with "
+            f"({result.chosen}); sample with "
             f"--config.sampling.method={method} --config.sampling.nfe={result.nfe} "
             f"--config.sampling.grid=file:{out}")
     return out
