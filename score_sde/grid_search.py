@@ -18,7 +18,12 @@ from etils.epath import Path
 
 from score_sde import inference, storage
 from score_sde import logging_utils as log
-from score_sde.sampling import grid_files, optimize_grid, sampler_options_from_config
+from score_sde.sampling import (
+    grid_files,
+    optimize_grid,
+    sampler_options_from_config,
+    with_config_data_scale,
+)
 from score_sde.sampling.grid_optimizer import Teacher, solve_teacher, teacher_key
 
 GRID_DIR = "grids"
@@ -58,6 +63,7 @@ def optimize(config, workdir: str | Path) -> Path:
     finally:
         restorer.close()
     method, options = sampler_options_from_config(config)
+    options = with_config_data_scale(config, method, options)
     nfe = options.pop("nfe", None)
     d = config.data
     shape = (int(config.eval.batch_size), d.image_size, d.image_size, d.num_channels)

@@ -257,3 +257,19 @@ def test_optimize_grid_mode_writes_a_grid_that_samples(tmp_path, capsys):
     config.sampling.nfe = 5  # a grid file made for another NFE
     with pytest.raises(ValueError, match=r"nfe=4 \(4 steps\); this sampler takes 5 steps"):
         inference.Sampler(config, r.sde, r.eps, r.model, r.mesh, n=8)
+
+
+def test_the_start_grid_is_placed_for_the_configs_data_scale():
+    """For data in [0, 1] the sampler's default grid sits at half the noise (data_scale 0.5);
+    the optimiser's 'default' candidate must be that grid, not the unit-scale one."""
+    from score_sde.sampling import with_config_data_scale
+    from score_sde.sampling.grid_optimizer import _start_grid
+    from score_sde.sampling.grids import get_time_grid
+    config = ml_collections.ConfigDict({"data": {"centered": False}})
+    options = with_config_data_scale(config, "dpm_solver++", {})
+    assert options == {"data_scale": 0.5}
+    sde = sde_lib.VPSDE()
+    start = _start_grid("dpm_solver++", sde, 10, 1e-3, dict(options))
+    scaled = get_time_grid("vp_quadratic", sde, 10, 1e-3, data_scale=0.5)
+    assert np.allclose(start, scaled)
+    assert not np.allclose(start, get_time_grid("vp_quadratic", sde, 10, 1e-3))

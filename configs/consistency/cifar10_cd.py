@@ -2,7 +2,9 @@
 (openai/consistency_models_cifar10, configs/cifar10_ve_cd.py): N = 18, Heun teacher step,
 target = stop-gradient of the student (mu = 0), batch 512, RAdam lr 4e-4 warmed up over 10M
 images, no gradient clipping, no dropout, EMA 0.9999, 800k iterations. The published distance
-is LPIPS (set config.consistency.lpips_weights; 'l2' here until LPIPS weights are supplied).
+is LPIPS, whose weights are not shipped: 'l2' here; for the published setting add
+--config.consistency.distance=lpips --config.consistency.lpips_weights=lpips_vgg.npz (the file
+made by scripts/convert_lpips_weights.py; README, "Consistency models").
 
 Teacher: the published score_sde DDPM++ (cont., VP) release, converted on the fly:
   --mode distill --init_from_published=PATH/checkpoint_26 \

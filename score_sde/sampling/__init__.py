@@ -59,7 +59,7 @@ __all__ = ["MERGE_SAMPLERS", "NEW_CONFIG_FIELDS", "SAMPLERS", "Sampler", "Sample
            "add_config_fields", "class_labels_from_config", "get_sampler",
            "get_sampler_from_config", "get_time_grid", "new_config_fields", "register_corrector",
            "register_grid", "register_predictor", "register_sampler",
-           "sampler_options_from_config"]
+           "sampler_options_from_config", "with_config_data_scale"]
 __all__ += ["GridResult", "optimize_grid"]  # the grid optimiser
 
 # config.sampling fields of the published score_sde configs (set by every shipped config).
@@ -168,6 +168,15 @@ def config_data_scale(config) -> float | None:
     return 1.0 if bool(data.centered) else 0.5
 
 
+def with_config_data_scale(config, method: str, options: dict) -> dict:
+    """options with data_scale = config_data_scale(config) where the sampler takes one and
+    neither options nor ts give it (the default grid placed for the config's data)."""
+    if ("data_scale" in SAMPLERS.lookup(method).options and options.get("data_scale") is None
+            and options.get("ts") is None):
+        options = {**options, "data_scale": config_data_scale(config)}
+    return options
+
+
 def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
                             sharding=None, **overrides) -> Sampler:
     """The sampler named by config.sampling.method, with its options from config.sampling.
@@ -181,10 +190,7 @@ def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float
     default grid over the SDE's range.
     """
     method, options = sampler_options_from_config(config)
-    options = {**options, **overrides}
-    if ("data_scale" in SAMPLERS.lookup(method).options and options.get("data_scale") is None
-            and options.get("ts") is None):  # place the default grid for the config's data
-        options["data_scale"] = config_data_scale(config)
+    options = with_config_data_scale(config, method, {**options, **overrides})
     from_file = str(options.get("grid", "")).startswith(GRID_FILE_PREFIX)
     if from_file and options.get("ts") is None:
         check_grid_file_sampler(options["grid"][len(GRID_FILE_PREFIX):], method)  # one sampler's

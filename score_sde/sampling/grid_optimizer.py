@@ -257,7 +257,8 @@ def _start_grid(method: str, sde: SDE, nfe: int, eps: float, options: dict) -> n
     if sigma_range is None and grid == _default(method, "grid"):
         sigma_range = _default(method, "sigma_range")
     options.pop("nfe", None)
-    return get_time_grid(grid, sde, nfe, eps, sigma_range).astype(np.float64)
+    return get_time_grid(grid, sde, nfe, eps, sigma_range,
+                         data_scale=options.get("data_scale")).astype(np.float64)
 
 
 def _fine_grid(sde: SDE, eps: float, n_fine: int) -> np.ndarray:
