@@ -32,6 +32,7 @@ import argparse
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,14 +66,6 @@ def _import_lpips():
     return lpips
 
 
-def _converter():
-    spec = importlib.util.spec_from_file_location(
-        "convert_lpips_weights", ROOT / "scripts" / "convert_lpips_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _rel(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
@@ -98,9 +91,9 @@ def main() -> int:
                  if k.startswith("net.slice")}
         torch.save(tv_sd, f"{tmp}/vgg16.pth")
         out = f"{tmp}/lpips_vgg.npz"
-        rc = _converter().main(["--vgg", f"{tmp}/vgg16.pth", "--lin", str(lin_file),
-                                "--out", out])
-        assert rc == 0
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_lpips_weights.py"),
+                        "--vgg", f"{tmp}/vgg16.pth", "--lin", str(lin_file), "--out", out],
+                       check=True)
         params = jlpips.load_weights(out)
 
     rng = np.random.default_rng(args.seed)

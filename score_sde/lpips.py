@@ -25,8 +25,9 @@ The weights file (`.npz`, written by `save_weights` and scripts/convert_lpips_we
 from __future__ import annotations
 
 import io
+import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -196,3 +197,39 @@ def get_lpips_fn(params: Params, centered: bool = True, resize: int | None = RES
         return lpips(params, prepare(a, centered, resize), prepare(b, centered, resize))
 
     return distance
+
+
+# ------------------------------------------------------------ from the PyTorch files
+
+# torchvision's vgg16().features indices of the 13 convolutions (ReLUs and pools between)
+VGG_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+
+
+def _features_key(key: str) -> str | None:
+    """'features.N.weight' / 'N.weight' / 'net.sliceK.N.weight' -> 'N.weight' (else None)."""
+    m = re.fullmatch(r"(?:features\.|net\.slice\d\.)?(\d+)\.(weight|bias)", key)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def from_torch_state_dicts(vgg: Mapping[str, np.ndarray], lin: Mapping[str, np.ndarray]) -> Params:
+    """The layout's arrays from the PyTorch state dicts (scripts/convert_lpips_weights.py reads
+    the .pth files) given as numpy arrays: conv kernels
+    (O, I, 3, 3) -> HWIO (3, 3, I, O); lin weights (1, C, 1, 1) -> (C,). One line naming the
+    key that is missing."""
+    feats = {k2: v for k, v in vgg.items() if (k2 := _features_key(k)) is not None}
+    out = {}
+    for (name, _, _), idx in zip(conv_names(), VGG_CONV_INDEX, strict=True):
+        for part, src in (("kernel", f"{idx}.weight"), ("bias", f"{idx}.bias")):
+            if src not in feats:
+                raise KeyError(f"--vgg: no key features.{src} (VGG16 {name}.{part}); is it "
+                               "torchvision's vgg16 state dict?")
+            w = np.asarray(feats[src], np.float32)
+            out[f"{name}/{part}"] = w.transpose(2, 3, 1, 0) if part == "kernel" else w
+    for k, tap in enumerate(TAPS):
+        src = next((s for s in (f"lin{k}.model.1.weight", f"lins.{k}.model.1.weight",
+                                f"lin{k}.weight") if s in lin), None)
+        if src is None:
+            raise KeyError(f"--lin: no key lin{k}.model.1.weight (LPIPS lin of {tap}); is it "
+                           "lpips/weights/v0.1/vgg.pth?")
+        out[f"lin/{tap}"] = np.asarray(lin[src], np.float32).reshape(-1)
+    return out

@@ -16,45 +16,11 @@ Needs torch (CPU is enough) only to read the .pth files.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from collections.abc import Mapping
 
 import numpy as np
 
 from score_sde import lpips
-
-# torchvision's vgg16().features indices of the 13 convolutions (ReLUs and pools between)
-VGG_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-
-
-def _features_key(key: str) -> str | None:
-    """'features.N.weight' / 'N.weight' / 'net.sliceK.N.weight' -> 'N.weight' (else None)."""
-    m = re.fullmatch(r"(?:features\.|net\.slice\d\.)?(\d+)\.(weight|bias)", key)
-    return f"{m.group(1)}.{m.group(2)}" if m else None
-
-
-def convert(vgg: Mapping[str, np.ndarray], lin: Mapping[str, np.ndarray]) -> lpips.Params:
-    """The layout's arrays from torch state dicts given as numpy arrays: conv kernels
-    (O, I, 3, 3) -> HWIO (3, 3, I, O); lin weights (1, C, 1, 1) -> (C,). One line naming the
-    key that is missing."""
-    feats = {k2: v for k, v in vgg.items() if (k2 := _features_key(k)) is not None}
-    out = {}
-    for (name, _, _), idx in zip(lpips.conv_names(), VGG_CONV_INDEX, strict=True):
-        for part, src in (("kernel", f"{idx}.weight"), ("bias", f"{idx}.bias")):
-            if src not in feats:
-                raise KeyError(f"--vgg: no key features.{src} (VGG16 {name}.{part}); is it "
-                               "torchvision's vgg16 state dict?")
-            w = np.asarray(feats[src], np.float32)
-            out[f"{name}/{part}"] = w.transpose(2, 3, 1, 0) if part == "kernel" else w
-    for k, tap in enumerate(lpips.TAPS):
-        src = next((s for s in (f"lin{k}.model.1.weight", f"lins.{k}.model.1.weight",
-                                f"lin{k}.weight") if s in lin), None)
-        if src is None:
-            raise KeyError(f"--lin: no key lin{k}.model.1.weight (LPIPS lin of {tap}); is it "
-                           "lpips/weights/v0.1/vgg.pth?")
-        out[f"lin/{tap}"] = np.asarray(lin[src], np.float32).reshape(-1)
-    return out
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -74,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the .npz to write")
     args = parser.parse_args(argv)
     try:
-        params = convert(read_state_dict(args.vgg), read_state_dict(args.lin))
+        params = lpips.from_torch_state_dicts(read_state_dict(args.vgg),
+                                              read_state_dict(args.lin))
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2

@@ -9,9 +9,6 @@ smallest input with a relu5_3 map); the CD step at the published 224 x 224 is sl
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +16,6 @@ import pytest
 
 from score_sde import consistency_losses as CL
 from score_sde import lpips as L
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -144,19 +139,10 @@ def test_prepare_maps_data_to_lpips_input():
 # ---------------------------------------------------------------------------- converter
 
 
-def _converter():
-    spec = importlib.util.spec_from_file_location(
-        "convert_lpips_weights", ROOT / "scripts" / "convert_lpips_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _torch_layout(params, prefix):
     """The PyTorch state dicts of `params` (OIHW kernels, (1, C, 1, 1) lin weights)."""
-    conv = _converter()
     vgg = {}
-    for (name, _, _), idx in zip(L.conv_names(), conv.VGG_CONV_INDEX, strict=True):
+    for (name, _, _), idx in zip(L.conv_names(), L.VGG_CONV_INDEX, strict=True):
         vgg[f"{prefix(idx)}{idx}.weight"] = params[f"{name}/kernel"].transpose(3, 2, 0, 1)
         vgg[f"{prefix(idx)}{idx}.bias"] = params[f"{name}/bias"]
     lin = {f"lin{k}.model.1.weight": params[f"lin/{t}"].reshape(1, -1, 1, 1)
@@ -171,7 +157,7 @@ def test_converter_reads_the_pytorch_layouts(weights, layout):
               "lpips_model": lambda i: f"net.slice{1 + sum(i > j for j in (3, 8, 15, 22))}."}
     vgg, lin = _torch_layout(params, prefix[layout])
     vgg["classifier.0.weight"] = np.zeros((4, 4), np.float32)  # other keys are ignored
-    got = _converter().convert(vgg, lin)
+    got = L.from_torch_state_dicts(vgg, lin)
     assert set(got) == set(params)
     for k in params:
         np.testing.assert_array_equal(got[k], params[k])
@@ -181,11 +167,11 @@ def test_converter_names_the_missing_key(weights):
     vgg, lin = _torch_layout(weights[1], lambda i: "features.")
     del vgg["features.19.bias"]
     with pytest.raises(KeyError, match=r"features\.19\.bias \(VGG16 conv4_2\.bias\)"):
-        _converter().convert(vgg, lin)
+        L.from_torch_state_dicts(vgg, lin)
     vgg, lin = _torch_layout(weights[1], lambda i: "features.")
     del lin["lin3.model.1.weight"]
     with pytest.raises(KeyError, match="lin3.model.1.weight"):
-        _converter().convert(vgg, lin)
+        L.from_torch_state_dicts(vgg, lin)
 
 
 # ------------------------------------------------------------------------------- errors
