@@ -260,7 +260,10 @@ FIXED_STEP = ("ddim", "heun", "dpm_solver++")  # the samplers whose default grid
 # Transfer-study samplers that are another's options: name -> (sampler, options).
 TRANSFER_VARIANTS = {"heun_edm": ("heun", dict(exponential=False)),
                      "unipc3": ("unipc", dict(order=3)),
-                     "dpm_solver++3m": ("dpm_solver++", dict(order=3))}
+                     "dpm_solver++3m": ("dpm_solver++", dict(order=3)),
+                     # the analytic first step (nfe score calls, nfe + 1 steps)
+                     **{f"{name}_afs": (name, dict(analytic_first_step=True))
+                        for name in ("dpm_solver++", "unipc", "ipndm")}}
 OPTIMISE_DRAWS = 128  # prior draws the 'optimised' candidate fits its grid to (seed 0)
 TRANSFER_NFES = (5, 6, 8, 10, 15, 20)
 
@@ -655,7 +658,8 @@ def main(argv=None):
                    help="transfer: no run; the tables of these JSON results (comma-separated)")
     p.add_argument("--plot-candidate", default="", help="merge: plot this candidate's error")
     p.add_argument("--rename", default="", help="merge: I:SAMPLER=NEW renames SAMPLER's rows "
-                   "of the I-th (0-based) merged file, NEW empty drops them")
+                   "of the I-th (0-based) merged file, NEW empty drops them; NEW=BASE/CAND "
+                   "makes them BASE's candidate CAND (e.g. 1:ipndm_afs=ipndm/afs@scale)")
     p.add_argument("--default-was", default="",
                    help="merge: the named grid each sampler's 'default' was in those runs, "
                         "e.g. ddim=uniform,dpm_solver++=quadratic")
@@ -705,8 +709,9 @@ def merge_transfer(paths: list[str], out: Path, tag: str, default_was: dict | No
     runs with the same --n, --seeds and prior draws agree on them). default_was renames each
     sampler's 'default' rows to the grid that default was (runs before a change of defaults);
     VP rows of 'uniform' / 'quadratic' also count as 'vp_uniform' / 'vp_quadratic'. renames:
-    {'PATH_INDEX:SAMPLER': NEW} renames a sampler's rows of the i-th path (NEW '' drops them),
-    e.g. a run made before a sampler's default changed."""
+    {'PATH_INDEX:SAMPLER': NEW} renames a sampler's rows of the i-th path (NEW '' drops them;
+    'BASE/CANDIDATE' makes them a candidate of BASE), e.g. a run made before a sampler's
+    default changed, or a variant compared with the base sampler's grids."""
     rows, seen = [], set()
 
     def add(r):
@@ -722,7 +727,8 @@ def merge_transfer(paths: list[str], out: Path, tag: str, default_was: dict | No
             if new is not None:
                 if not new:
                     continue
-                r = dict(r, sampler=new)
+                sampler, _, candidate = new.partition("/")
+                r = dict(r, sampler=sampler, **({"candidate": candidate} if candidate else {}))
             if r.get("candidate") == "default" and r["sampler"] in (default_was or {}):
                 r = dict(r, candidate=default_was[r["sampler"]])
             add(r)

@@ -249,6 +249,10 @@ def get_editor(sde: SDE, shape: tuple[int, ...], t0: float,
         raise ValueError(f"SDEdit: t0 must be in (0, {sde.T}], got {t0}")
     if t0 <= eps:
         return lambda rng, score_fn, guide: (jnp.asarray(guide), jnp.asarray(0, jnp.int32))
+    if options.get("analytic_first_step"):
+        raise ValueError("SDEdit: analytic_first_step guesses the score of pure noise, but the "
+                         "edit starts from the guide at t0; unset "
+                         "config.sampling.analytic_first_step")
     if isinstance(sampler, str):
         name = sampler
 

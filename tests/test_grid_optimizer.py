@@ -194,6 +194,12 @@ def test_a_grid_file_for_another_nfe_sampler_sde_or_eps_is_one_clear_error(tmp_p
         _write(tmp_path, [1.0, 0.5, 0.5, EPS])
     with pytest.raises(ValueError, match=r"'heun' is not supported; choose one of \['ddim', "):
         optimize_grid(MIXTURE.perturbed_score_fn(VP), VP, (4, 2), method="heun", nfe=5)
+    with pytest.raises(ValueError, match=r"unipc: analytic_first_step does not apply to the "
+                                         r"stored grid"):
+        get_sampler("unipc", VP, (4, 2), nfe=5, grid=grid, eps=EPS, analytic_first_step=True)
+    with pytest.raises(ValueError, match=r"optimize_grid: analytic_first_step is not modelled"):
+        optimize_grid(MIXTURE.perturbed_score_fn(VP), VP, (4, 2), method="unipc", nfe=5,
+                      options=dict(analytic_first_step=True))
 
 
 @pytest.mark.slow

@@ -107,7 +107,7 @@ def test_sampler_config_fields_are_its_keyword_options():
         "nfe", "grid", "eta", "ode_solver", "rtol", "atol", "n_steps", "S_churn", "S_tmin",
         "S_tmax", "S_noise", "order", "sigma_range", "guidance_scale", "class_labels",
         "max_steps", "lower_order_final", "variant", "consistency_sigmas", "data_noise_range",
-        "data_scale", "exponential"}
+        "data_scale", "exponential", "analytic_first_step"}
     assert (sampling.NEW_CONFIG_FIELDS["sigma_range"], sampling.NEW_CONFIG_FIELDS["S_tmax"],
             sampling.NEW_CONFIG_FIELDS["lower_order_final"]) == (tuple, float, bool)
 

@@ -1,6 +1,6 @@
 """Pieces every sampler shares: its times (a named grid or an explicit `ts`), the first state
-(a prior draw or `x_init`), per-example times, the data prediction, the per-step projection
-hook, the optional returned path."""
+(a prior draw or `x_init`), per-example times, the data prediction, the analytic first step,
+the per-step projection hook, the optional returned path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.sampling.grids import get_time_grid
+from score_sde.sampling import grid_files
+from score_sde.sampling.grids import check_data_scale, get_time_grid
 from score_sde.sde_lib import SDE, ScoreFn, batch_mul
 
 Array = jax.Array
@@ -47,6 +48,46 @@ def data_prediction(sde: SDE, score_fn: ScoreFn) -> ScoreFn:
         return batch_mul(1.0 / alpha, x + batch_mul(sigma**2, score_fn(x, t)))
 
     return x0_hat
+
+
+def gaussian_score(sde: SDE, data_scale: float) -> ScoreFn:
+    """The exact score of data N(0, s^2 I) at time t: -x / (alpha^2 s^2 + sigma^2), s = data_scale.
+
+    The multistep samplers' analytic first step (Zhou et al. 2024, "analytical first step")
+    takes it for the model's score at the top of the grid, where the data look Gaussian: there
+    it differs from the true score by the data's mean and the departure of its covariance from
+    s^2 I, relative (mean / rho_T, (s / rho_T)^2) with rho_T = sigma / alpha at T (VP: 152),
+    and the flow shrinks that error further down the grid.
+    """
+    s2 = float(data_scale) ** 2
+
+    def score(x: Array, t: Array) -> Array:
+        alpha, sigma = sde.marginal_coeffs(t)
+        return batch_mul(-1.0 / (alpha**2 * s2 + sigma**2), x)
+
+    return score
+
+
+def step_score(sde: SDE, score_fn: ScoreFn, analytic_first_step: bool,
+               data_scale: float | None) -> Callable[[Array, Array, Array | int], Array]:
+    """score(x, t, i) at step i: gaussian_score at step 0 when analytic_first_step (no model
+    call: lax.cond runs one branch), else the model's."""
+    if not analytic_first_step:
+        return lambda x, t, i: score_fn(x, t)
+    guess = gaussian_score(sde, check_data_scale(data_scale))
+    return lambda x, t, i: jax.lax.cond(i == 0, guess, score_fn, x, t)
+
+
+def free_steps(sampler: str, analytic_first_step: bool, grid: str, ts) -> int:
+    """1 with analytic_first_step (its first step calls no model: nfe calls take nfe + 1
+    steps), else 0; a stored grid file (made for model calls at every step) is refused."""
+    if not analytic_first_step:
+        return 0
+    if ts is None and grid_files.is_grid_file(grid):
+        raise ValueError(f"{sampler}: analytic_first_step does not apply to the stored grid "
+                         f"{grid!r} (optimize_grid calls the model at every step); unset "
+                         "config.sampling.analytic_first_step or config.sampling.grid")
+    return 1
 
 
 def transition(sde: SDE, t: Array, s: Array) -> tuple[Array, Array]:

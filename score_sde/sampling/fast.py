@@ -23,10 +23,12 @@ import numpy as np
 from score_sde.sampling.common import (
     Project,
     data_prediction,
+    free_steps,
     full_t,
     initial_state,
     projection_steps,
     schedule,
+    step_score,
     step_times,
     with_path,
 )
@@ -176,8 +178,8 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
                           grid: str = "vp_quadratic",
                           sigma_range: tuple[float, float] | None = None,
                           data_scale: float | None = None, order: int = 2,
-                          lower_order_final: bool = True, ts=None, eps: float = 1e-3,
-                          sharding=None):
+                          lower_order_final: bool = True, analytic_first_step: bool = False,
+                          ts=None, eps: float = 1e-3, sharding=None):
     """DPM-Solver++ (Lu et al. 2022): multistep, data prediction, one score call per step.
 
     Step i from lambda_i to lambda_{i+1} (h = lambda_{i+1} - lambda_i, lambda = log alpha/sigma)
@@ -189,14 +191,17 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
     order=2 is DPM-Solver++(2M) as in its Algorithm 2 (D1 = (m0 - m1) / r0, c1 = -phi1 / 2,
     D2 = 0); order=3 is the third-order multistep (c1 = phi2, the exact weight of the linear
     term). The first steps use the history they have; lower_order_final takes the last steps at
-    lower order (steadier at few NFE). `ts` (decreasing times in [eps, T]) overrides grid and
-    nfe; order p needs p steps.
+    lower order (steadier at few NFE). analytic_first_step: the first data prediction is that
+    of Gaussian data N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take
+    nfe + 1 steps (benchmarks/README.md: a large gain at 5 NFE). `ts` (decreasing times in
+    [eps, T]) overrides grid and nfe; order p needs p steps.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"dpm_solver++: order must be 1, 2 or 3, got {order}")
-    ts = step_times("dpm_solver++", sde, eps, ts, grid, nfe, sigma_range, min_steps=order,
-                    data_scale=data_scale)
-    nfe = len(ts) - 1
+    free = free_steps("dpm_solver++", analytic_first_step, grid, ts)
+    ts = step_times("dpm_solver++", sde, eps, ts, grid, nfe + free, sigma_range,
+                    min_steps=max(order, 1 + free), data_scale=data_scale)
+    nfe = len(ts) - 1  # steps
     alpha, sigma, lam = schedule(sde, ts)
     h = lam[1:] - lam[:-1]
     steps = np.arange(nfe)
@@ -216,14 +221,14 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
 
     def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
                return_path: bool = False):
-        x0_hat = data_prediction(sde, score_fn)
+        score_at = step_score(sde, score_fn, analytic_first_step, data_scale)
         rng, proj = projection_steps(project, rng)
         x, _ = initial_state(sde, rng, shape, sharding, x_init)
         x, x_first = proj(x, x, t_grid[0], 0)
 
         def step(carry, i):
             x, _, m1, m2 = carry
-            m0 = x0_hat(x, full_t(t_grid[i], x))
+            m0 = data_prediction(sde, lambda x, t: score_at(x, t, i))(x, full_t(t_grid[i], x))
             d1_0 = (m0 - m1) / r0[i]
             d1_1 = (m1 - m2) / r1[i]
             d1 = jnp.where(orders[i] == 3, d1_0 + r0[i] / (r0[i] + r1[i]) * (d1_0 - d1_1),
@@ -236,7 +241,8 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
 
         zeros = jnp.zeros_like(x)
         (_, x_out, _, _), path = jax.lax.scan(step, (x, x_first, zeros, zeros), jnp.arange(nfe))
-        return with_path(x_out, jnp.asarray(nfe, jnp.int32), _stack(x_first, path), return_path)
+        return with_path(x_out, jnp.asarray(nfe - free, jnp.int32), _stack(x_first, path),
+                         return_path)
 
     sample.ts = ts
     return sample

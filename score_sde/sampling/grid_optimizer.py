@@ -169,6 +169,10 @@ def optimize_grid(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, method
     to reuse (then rng, n_fine, rtol and atol are its own).
     """
     options = dict(options or {})
+    if options.get("analytic_first_step"):
+        raise ValueError("optimize_grid: analytic_first_step is not modelled by the optimiser "
+                         "(its steps all call the model); unset "
+                         "config.sampling.analytic_first_step to optimise a grid")
     kind, order = _local_step(method, options)
     nfe = int(nfe if nfe is not None else _default(method, "nfe"))
     if nfe < 1:

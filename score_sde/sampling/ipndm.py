@@ -19,10 +19,12 @@ import numpy as np
 
 from score_sde.sampling.common import (
     Project,
+    free_steps,
     full_t,
     initial_state,
     projection_steps,
     schedule,
+    step_score,
     step_times,
     with_path,
 )
@@ -49,16 +51,20 @@ def ipndm_weights(alpha: np.ndarray, sigma: np.ndarray, order: int) -> tuple[np.
 @register_sampler("ipndm", merges=True, fields={"ts": None})
 def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int = 4,
                   grid: str = "vp_quadratic", sigma_range: tuple[float, float] | None = None,
-                  data_scale: float | None = None,
+                  data_scale: float | None = None, analytic_first_step: bool = False,
                   ts=None, eps: float = 1e-3, sharding=None):
     """iPNDM (module docstring): nfe steps of order up to `order` (1-4), one score call each.
 
-    `ts` (decreasing times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1.
+    analytic_first_step: the first noise prediction is that of Gaussian data
+    N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take nfe + 1 steps.
+    `ts` (decreasing times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1 (- 1 with
+    analytic_first_step).
     """
     if order not in AB_WEIGHTS:
         raise ValueError(f"ipndm: order must be 1, 2, 3 or 4, got {order}")
-    times = step_times("ipndm", sde, eps, ts, grid, nfe, sigma_range, min_steps=order,
-                       data_scale=data_scale)
+    free = free_steps("ipndm", analytic_first_step, grid, ts)
+    times = step_times("ipndm", sde, eps, ts, grid, nfe + free, sigma_range,
+                       min_steps=max(order, 1 + free), data_scale=data_scale)
     n = len(times) - 1
     alpha, sigma, _ = schedule(sde, times)
     w_x, w_eps = (jnp.asarray(w, jnp.float32) for w in ipndm_weights(alpha, sigma, order))
@@ -66,13 +72,14 @@ def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
 
     def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
                return_path: bool = False):
+        score_at = step_score(sde, score_fn, analytic_first_step, data_scale)
         rng, proj = projection_steps(project, rng)
         x, _ = initial_state(sde, rng, shape, sharding, x_init)
         x, x_first = proj(x, x, t_grid[0], 0)
 
         def step(carry, i):
             x, _, history = carry
-            eps_hat = -sigma[i] * score_fn(x, full_t(t_grid[i], x))
+            eps_hat = -sigma[i] * score_at(x, full_t(t_grid[i], x), i)
             history = jnp.concatenate([eps_hat[None], history[:-1]])
             x = w_x[i] * x + jnp.tensordot(w_eps[i], history, axes=1)
             x, x_out = proj(x, x, t_grid[i + 1], i + 1)
@@ -82,7 +89,7 @@ def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
         (_, x_out, _), path = jax.lax.scan(step, (x, x_first, history), jnp.arange(n))
         if return_path:
             path = jnp.concatenate([x_first[None], path])
-        return with_path(x_out, jnp.asarray(n, jnp.int32), path, return_path)
+        return with_path(x_out, jnp.asarray(n - free, jnp.int32), path, return_path)
 
     sample.ts = times
     return sample

@@ -28,13 +28,16 @@ import numpy as np
 from score_sde.sampling.common import (
     Project,
     data_prediction,
+    free_steps,
     full_t,
+    gaussian_score,
     initial_state,
     projection_steps,
     schedule,
     step_times,
     with_path,
 )
+from score_sde.sampling.grids import check_data_scale
 from score_sde.sampling.registry import register_sampler
 from score_sde.sde_lib import SDE
 
@@ -98,12 +101,15 @@ def unipc_weights(alpha: np.ndarray, sigma: np.ndarray, lam: np.ndarray, orders:
 def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int = 2,
                   variant: str = "bh2", grid: str = "vp_quadratic",
                   sigma_range: tuple[float, float] | None = None,
-                  data_scale: float | None = None, lower_order_final: bool = True, ts=None,
-                  eps: float = 1e-3, sharding=None):
+                  data_scale: float | None = None, lower_order_final: bool = True,
+                  analytic_first_step: bool = False, ts=None, eps: float = 1e-3, sharding=None):
     """UniPC-p (module docstring): nfe steps, exactly one score call each.
 
     order 1-3 (UniP-p with UniC-p; the corrector raises the order by one), variant 'bh1' or
-    'bh2'. `ts` (decreasing times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1.
+    'bh2'. analytic_first_step: the first data prediction is that of Gaussian data
+    N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take nfe + 1 steps.
+    `ts` (decreasing times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1 (- 1 with
+    analytic_first_step).
     Defaults: order 2 with bh2 had the lowest error against the converged ODE at 5-8 NFE on a
     2-D Gaussian mixture for VP, sub-VP, VE and EDM on both the 'quadratic' and 'logsnr' grids
     (order 3 catches up at 10 NFE; bh1 overshoots on the large log-SNR steps of so few NFE).
@@ -112,8 +118,9 @@ def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
         raise ValueError(f"unipc: order must be 1, 2 or 3, got {order}")
     if variant not in VARIANTS:
         raise ValueError(f"unipc: variant must be one of {list(VARIANTS)}, got {variant!r}")
-    times = step_times("unipc", sde, eps, ts, grid, nfe, sigma_range, min_steps=order,
-                       data_scale=data_scale)
+    free = free_steps("unipc", analytic_first_step, grid, ts)
+    times = step_times("unipc", sde, eps, ts, grid, nfe + free, sigma_range,
+                       min_steps=max(order, 1 + free), data_scale=data_scale)
     n = len(times) - 1
     alpha, sigma, lam = schedule(sde, times)
     w_x, w_p, w_c = (jnp.asarray(w, jnp.float32) for w in unipc_weights(
@@ -126,7 +133,9 @@ def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
         rng, proj = projection_steps(project, rng)
         x, _ = initial_state(sde, rng, shape, sharding, x_init)
         x, x_first = proj(x, x, t_grid[0], 0)
-        m = jnp.zeros((HISTORY, *x.shape), x.dtype).at[0].set(x0_hat(x, full_t(t_grid[0], x)))
+        first = data_prediction(sde, gaussian_score(sde, check_data_scale(data_scale))
+                                if analytic_first_step else score_fn)
+        m = jnp.zeros((HISTORY, *x.shape), x.dtype).at[0].set(first(x, full_t(t_grid[0], x)))
 
         def predict(x, m, i):
             return w_x[i] * x + jnp.tensordot(w_p[i], m, axes=1)
@@ -145,7 +154,7 @@ def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
         _, x_out = proj(x, x, t_grid[n], 2 * n)
         if return_path:
             path = jnp.concatenate([x_first[None], path, x_out[None]])
-        return with_path(x_out, jnp.asarray(n, jnp.int32), path, return_path)
+        return with_path(x_out, jnp.asarray(n - free, jnp.int32), path, return_path)
 
     sample.ts = times
     return sample
