@@ -16,6 +16,7 @@ the optimiser's error before / after and its wall time) and the optimised grid f
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import os
@@ -102,11 +103,17 @@ def main() -> None:
                    help="comma-separated results JSONs of this script: rerun only the judge "
                         "(grid_optimizer.judge) on each optimised row's grid against its default, "
                         "on the stored teacher, and write the decisions to --out")
+    p.add_argument("--sampling", default="",
+                   help="config.sampling overrides KEY=VALUE,... (Python literals), e.g. "
+                        "analytic_first_step=True")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
     config = load_config(args.config)
     sampling.add_config_fields(config.sampling)
+    overrides = dict(kv.split("=", 1) for kv in args.sampling.split(",") if kv)
+    for key, value in overrides.items():
+        config.sampling[key] = ast.literal_eval(value)
     restorer = inference.Restorer(config, args.workdir)
     state, step = restorer.restore()
     restorer.close()
@@ -122,7 +129,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         with open(args.out, "w") as f:
-            json.dump({"config": args.config, "checkpoint_step": step,
+            json.dump({"config": args.config, "sampling": overrides, "checkpoint_step": step,
                        "num_samples": args.num_samples, "draws": args.draws, "rows": rows},
                       f, indent=1)
 

@@ -540,6 +540,7 @@ def transfer_markdown(rows) -> str:
         rok, rn, rworst, rwhere = verdicts["rms"][(sampler, cand)]
         lines.append(f"| {sampler} | {cand} | {ok}/{n} | {worst:.3g} {where} | {rok}/{rn} | "
                      f"{rworst:.3g} {rwhere} |")
+    lines += variant_markdown(rows)
     floors = {r["data"]: r for r in rows if r["kind"] == "floor"}
     odes = {(r["data"], r["sde"]): r for r in rows if r["kind"] == "ode"}
     cells = transfer_errors(rows)
@@ -561,6 +562,28 @@ def transfer_markdown(rows) -> str:
                                       + ("" if v["nfe"] == v["budget"] else f" ({v['nfe']})")
                                       for v in vals) + " |")
     return "\n".join(lines) + "\n"
+
+
+def variant_markdown(rows, variant: str = "afs@scale", base: str = "default@scale") -> list:
+    """Lines of a table: the `variant` candidate's rms to the ODE over the `base` one's, per
+    (sampler, data, NFE), median [max] over the SDEs (below 1: the variant is closer to the
+    converged flow); none without both candidates."""
+    ratios: dict = {}
+    for (sampler, data, _, budget), by in transfer_errors(rows).items():
+        if variant in by and base in by:
+            ratios.setdefault((sampler, data), {}).setdefault(budget, []).append(
+                by[variant]["rms"] / max(by[base]["rms"], 1e-30))
+    if not ratios:
+        return []
+    budgets = sorted({b for by in ratios.values() for b in by})
+    lines = ["", f"## {variant} against {base}: rms to the ODE, ratio, median [max] over "
+             "the SDEs", "", "| sampler | data | " + " | ".join(map(str, budgets)) + " |",
+             "|---|---|" + "---|" * len(budgets)]
+    for (sampler, data), by in sorted(ratios.items()):
+        lines.append(f"| {sampler} | {data} | " + " | ".join(
+            f"{np.median(by[b]):.2f} [{max(by[b]):.2f}]" if b in by else "" for b in budgets)
+            + " |")
+    return lines
 
 
 def transfer_plot(rows, path, candidate: str = "default"):

@@ -101,3 +101,32 @@ def test_transfer_study_measures_error_against_the_ode(tmp_path):
         assert abs(r["err"] - (r["fd"] - ode["fd"])) < 1e-9 and r["rms"] > 0
     md = (tmp_path / "transfer.md").read_text()
     assert "| dpm_solver++ | logsnr+range | " in md and "2d_x0.05: floor FD" in md
+
+
+def test_merge_makes_a_variant_a_candidate_and_tables_its_rms_ratio(tmp_path):
+    """--rename I:VARIANT=BASE/CAND files a variant's rows as BASE's candidate CAND; the merged
+    table gives the afs@scale / default@scale rms ratio, median [max] over the SDEs."""
+    module = _module()
+
+    def cell(sampler, sde, cand, rms):
+        return dict(kind="transfer", data="2d", sde=sde, sampler=sampler, budget=5,
+                    candidate=cand, nfe=5, fd=0.1, fd_std=0.0, err=rms, err_std=0.0, rms=rms)
+
+    common = [dict(kind="floor", data="2d", fd=[0.01, 0.001], sw=[0.0, 0.0])] + [
+        dict(kind="ode", data="2d", sde=s, nfe=100, fd=0.01, fd_std=0.0) for s in ("vp", "ve")]
+    base = common + [cell("unipc", "vp", "default@scale", 0.2),
+                     cell("unipc", "ve", "default@scale", 0.4)]
+    variant = common + [cell("unipc_afs", "vp", "default@scale", 0.1),
+                        cell("unipc_afs", "ve", "default@scale", 0.6)]
+    paths = []
+    for i, rows in enumerate((base, variant)):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(dict(rows=rows)))
+    module.main(["--merge", ",".join(map(str, paths)), "--rename",
+                 "1:unipc_afs=unipc/afs@scale", "--out", str(tmp_path), "--tag", "merged"])
+    rows = json.loads((tmp_path / "merged.json").read_text())["rows"]
+    assert {(r["sampler"], r["sde"], r["candidate"]) for r in rows if r["kind"] == "transfer"} \
+        == {("unipc", s, c) for s in ("vp", "ve") for c in ("default@scale", "afs@scale")}
+    md = (tmp_path / "merged.md").read_text()
+    assert "## afs@scale against default@scale" in md
+    assert "| unipc | 2d | 1.00 [1.50] |" in md  # ratios 0.5 and 1.5
