@@ -150,6 +150,10 @@ def main(argv=None):
                    "placed for the data's scale (data_scale, what a config that knows it "
                    "gives); NAME@range: 'logsnr' over the data's noise range")
     p.add_argument("--solvers", default=",".join(KDIFF + DIFFUSERS))
+    p.add_argument("--update", default="",
+                   help="a results JSON of this script (same --n, --seeds, draws): keep its "
+                        "rows and replace those of the solvers run now (e.g. after a change "
+                        "of one sampler's defaults: --ours ipndm,ipndm@scale --solvers '')")
     p.add_argument("--tag", default="published_solvers")
     p.add_argument("--out", default=str(sa.RESULTS))
     args = p.parse_args(argv)
@@ -170,7 +174,7 @@ def main(argv=None):
             x_t, _ = prior_sample(sde, jax.random.PRNGKey(11), (n * seeds, sa.dim_of(data)))
             rows.append(dict(kind="ode", data=dname, sde=sname, nfe=nfe_ode,
                              fd=float(fd_ode.mean())))
-            for solver in args.ours.split(",") + args.solvers.split(","):
+            for solver in filter(None, args.ours.split(",") + args.solvers.split(",")):
                 if solver.startswith("df_") and sname != "vp":
                     continue
                 for budget in nfes:
@@ -192,12 +196,31 @@ def main(argv=None):
                                      err_std=float(err.std())))
                     print(f"[{dname} {sname}] {solver:20s} nfe={used:3d} err "
                           f"{err.mean():+.4g}±{err.std():.2g}", flush=True)
+    meta = dict(n=args.n, seeds=args.seeds, seconds=time.time() - t0)
+    if args.update:
+        rows, meta = updated_rows(args.update, rows), dict(meta, updated=args.update)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = dict(n=args.n, seeds=args.seeds, seconds=time.time() - t0)
     (out / f"{args.tag}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     (out / f"{args.tag}.md").write_text(markdown(rows, nfes))
     print(f"done in {time.time() - t0:.0f}s -> {out}/{args.tag}.*")
+
+
+def updated_rows(path: str, new_rows: list) -> list:
+    """The rows of the results JSON at `path`, with the solver rows of the solvers in
+    new_rows replaced by those (floors and ODE rows: the old ones, the same computation)."""
+    old = json.loads(Path(path).read_text())["rows"]
+    rerun = {r["solver"] for r in new_rows if r["kind"] == "solver"}
+    new = {(r["data"], r["sde"], r["solver"], r["budget"]): r for r in new_rows
+           if r["kind"] == "solver"}
+    rows = [new.get((r["data"], r["sde"], r["solver"], r["budget"]), r)
+            if r["kind"] == "solver" and r["solver"] in rerun else r for r in old]
+    missing = set(new) - {(r["data"], r.get("sde"), r.get("solver"), r.get("budget"))
+                          for r in rows}
+    if missing:
+        raise ValueError(f"--update {path}: it has no rows for {sorted(missing)[:3]} ...; "
+                         "run the same --data, --sdes and --nfes")
+    return rows
 
 
 def markdown(rows, nfes) -> str:

@@ -261,6 +261,8 @@ FIXED_STEP = ("ddim", "heun", "dpm_solver++")  # the samplers whose default grid
 TRANSFER_VARIANTS = {"heun_edm": ("heun", dict(exponential=False)),
                      "unipc3": ("unipc", dict(order=3)),
                      "dpm_solver++3m": ("dpm_solver++", dict(order=3)),
+                     "ipndm3": ("ipndm", dict(order=3)),
+                     "ipndm4": ("ipndm", dict(order=4)),
                      # the analytic first step (nfe score calls, nfe + 1 steps)
                      **{f"{name}_afs": (name, dict(analytic_first_step=True))
                         for name in ("dpm_solver++", "unipc", "ipndm")}}
