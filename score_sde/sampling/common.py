@@ -50,8 +50,9 @@ def data_prediction(sde: SDE, score_fn: ScoreFn) -> ScoreFn:
     return x0_hat
 
 
-def gaussian_score(sde: SDE, data_scale: float) -> ScoreFn:
-    """The exact score of data N(0, s^2 I) at time t: -x / (alpha^2 s^2 + sigma^2), s = data_scale.
+def gaussian_score(sde: SDE, data_scale: float | None) -> ScoreFn:
+    """The exact score of data N(0, s^2 I) at time t: -x / (alpha^2 s^2 + sigma^2), s = data_scale
+    (None: 1, unit-scale data; grids.check_data_scale).
 
     The multistep samplers' analytic first step (Zhou et al. 2024, "analytical first step")
     takes it for the model's score at the top of the grid, where the data look Gaussian: there
@@ -59,7 +60,7 @@ def gaussian_score(sde: SDE, data_scale: float) -> ScoreFn:
     s^2 I, relative (mean / rho_T, (s / rho_T)^2) with rho_T = sigma / alpha at T (VP: 152),
     and the flow shrinks that error further down the grid.
     """
-    s2 = float(data_scale) ** 2
+    s2 = check_data_scale(data_scale) ** 2
 
     def score(x: Array, t: Array) -> Array:
         alpha, sigma = sde.marginal_coeffs(t)
@@ -74,7 +75,7 @@ def step_score(sde: SDE, score_fn: ScoreFn, analytic_first_step: bool,
     call: lax.cond runs one branch), else the model's."""
     if not analytic_first_step:
         return lambda x, t, i: score_fn(x, t)
-    guess = gaussian_score(sde, check_data_scale(data_scale))
+    guess = gaussian_score(sde, data_scale)
     return lambda x, t, i: jax.lax.cond(i == 0, guess, score_fn, x, t)
 
 

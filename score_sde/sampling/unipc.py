@@ -37,7 +37,6 @@ from score_sde.sampling.common import (
     step_times,
     with_path,
 )
-from score_sde.sampling.grids import check_data_scale
 from score_sde.sampling.registry import register_sampler
 from score_sde.sde_lib import SDE
 
@@ -133,7 +132,7 @@ def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
         rng, proj = projection_steps(project, rng)
         x, _ = initial_state(sde, rng, shape, sharding, x_init)
         x, x_first = proj(x, x, t_grid[0], 0)
-        first = data_prediction(sde, gaussian_score(sde, check_data_scale(data_scale))
+        first = data_prediction(sde, gaussian_score(sde, data_scale)
                                 if analytic_first_step else score_fn)
         m = jnp.zeros((HISTORY, *x.shape), x.dtype).at[0].set(first(x, full_t(t_grid[0], x)))
 
