@@ -56,7 +56,7 @@ def get_classifier_step_fn(config, sde: sde_lib.SDE, model,
     """Pure, jittable `step(state, batch) -> (state, {'loss', 'accuracy'})`, built by
     `losses.build_step_fn` (EMA rate config.classifier.ema_rate, default 0.999)."""
 
-    def loss_fn(rng, params, batch):
+    def loss_fn(rng, params, batch, state):
         noise_rng, drop_rng = jax.random.split(rng)
         fn = cls_models.get_classifier_fn(sde, model, params, train=train, rng=drop_rng)
         loss, acc = noisy_classification_loss(noise_rng, fn, batch, sde, eps)

@@ -28,40 +28,30 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from score_sde import sde_lib
-from score_sde.losses import Batch, TrainState, ema_decay, ema_update
-from score_sde.models import consistency as cm
+from score_sde.models import consistency as consistency_models
 from score_sde.models import utils as mutils
+from score_sde.sampling import steps
+from score_sde.sampling.steps import Denoiser, edm_denoiser
 from score_sde.sde_lib import batch_mul
+from score_sde.training_state import (  # noqa: F401  (ConsistencyState: importable here too)
+    Batch,
+    ConsistencyState,
+    TrainState,
+    build_step_fn,
+    ema_update,
+)
 
 Array = jax.Array
 Distance = Callable[[Array, Array], Array]  # (a, b) -> per-example distance (B,)
-Denoiser = Callable[[Array, Array], Array]  # D(x, sigma) in EDM variables (alpha = 1)
 DISTANCES = ("l2", "pseudo_huber", "lpips")
 SOLVERS = ("heun", "euler", "dpm_solver++1")  # euler on x_edm is DPM-Solver++(1) (= DDIM)
 WEIGHTINGS = ("auto", "uniform", "ict")
-
-
-@flax.struct.dataclass
-class ConsistencyState(TrainState):
-    """A CD run's state: the TrainState plus the target network and the teacher's weights."""
-
-    target_params: Any
-    teacher_params: Any
-
-
-def with_cd_fields(state: TrainState) -> ConsistencyState:
-    """A fresh CD state: target and teacher start as copies of the parameters (the distill
-    mode then puts the teacher's weights into params, EMA, target and teacher)."""
-    fields = {f: getattr(state, f) for f in ("step", "params", "opt_state", "ema_params", "rng")}
-    return ConsistencyState(**fields, target_params=jax.tree.map(jnp.copy, state.params),
-                            teacher_params=jax.tree.map(jnp.copy, state.params))
 
 
 def _section(config):
@@ -112,37 +102,21 @@ def _lpips(path: str, centered: bool) -> Distance:
 # --------------------------------------------------------------------- the teacher's ODE step
 
 
-def edm_denoiser(sde: sde_lib.SDE, x0_hat: Callable[[Array, Array], Array]) -> Denoiser:
-    """D(x_edm, sigma) = x0_hat(alpha x_edm, t(sigma)) of a model on any SDE: EDM's variables
-    x_edm = x / alpha at sigma = sigma(t) / alpha(t) (sigma (B,)), in which the probability-flow
-    ODE is dx/dsigma = (x - D) / sigma."""
-
-    def denoise(x: Array, sigma: Array) -> Array:
-        if isinstance(sde, sde_lib.EDMSDE):
-            return x0_hat(x, sigma)
-        t = sde.t_from_log_snr(-jnp.log(sigma))
-        alpha = sde.marginal_coeffs(t)[0]
-        return x0_hat(batch_mul(alpha, x), t)
-
-    return denoise
-
-
 def ode_step(denoiser: Denoiser, x: Array, s_from: Array, s_to: Array,
              solver: str = "heun") -> Array:
     """One step of dx/dsigma = (x - D(x, sigma)) / sigma from s_from to s_to (both (B,), > 0).
 
-    'heun': EDM's second-order step (2 evaluations); 'euler' / 'dpm_solver++1':
-    x (s_to / s_from) + (1 - s_to / s_from) D, which is also DPM-Solver++'s first-order step.
+    'heun': EDM's second-order step (2 evaluations, steps.heun_step with EDM's rule);
+    'euler' / 'dpm_solver++1': x (s_to / s_from) + (1 - s_to / s_from) D, which is also
+    DPM-Solver++'s first-order step.
     """
-    d = batch_mul(1.0 / s_from, x - denoiser(x, s_from))
-    x_euler = x + batch_mul(s_to - s_from, d)
     if solver in ("euler", "dpm_solver++1"):
-        return x_euler
+        return steps.euler_step(x, s_from, s_to, denoiser(x, s_from))
     if solver != "heun":
         raise ValueError(f"config.consistency.teacher_solver={solver!r} is not known; choose "
                          f"one of {SOLVERS}")
-    d_next = batch_mul(1.0 / s_to, x_euler - denoiser(x_euler, s_to))
-    return x + batch_mul(s_to - s_from, 0.5 * (d + d_next))
+    return steps.heun_step(x, s_from, s_to, lambda v: denoiser(v, s_from),
+                           lambda v: denoiser(v, s_to), edm_rule=True)
 
 
 # ---------------------------------------------------------------------------- the levels
@@ -196,8 +170,8 @@ def get_cd_loss_fn(config, model, teacher_config, teacher_sde: sde_lib.SDE,
                    teacher_model) -> LossFn:
     """`loss(rng, params, state, batch)` of consistency distillation (module doc)."""
     c = _section(config)
-    param = cm.from_config(config, _student_sde(config))
-    sig = jnp.asarray(cm.karras_sigmas(int(c.num_levels), param.sigma_min,
+    param = consistency_models.from_config(config, _student_sde(config))
+    sig = jnp.asarray(consistency_models.karras_sigmas(int(c.num_levels), param.sigma_min,
                                        float(config.model.sigma_max), float(c.rho)), jnp.float32)
     distance = _distance(config)
     solver = str(c.get("teacher_solver", "heun")).lower()
@@ -213,12 +187,13 @@ def get_cd_loss_fn(config, model, teacher_config, teacher_sde: sde_lib.SDE,
         n_rng, z_rng, drop_rng = jax.random.split(rng, 3)
         y = _labels(batch, num_classes)
         n = jax.random.randint(n_rng, (x.shape[0],), 0, sig.shape[0] - 1)
-        x0_hat = mutils.get_denoiser_fn(teacher_sde, teacher_model, state.teacher_params,
-                                        continuous=teacher_continuous, labels=y)
-        denoiser = edm_denoiser(teacher_sde, x0_hat)
+        teacher_score = mutils.get_score_fn(teacher_sde, teacher_model, state.teacher_params,
+                                            continuous=teacher_continuous, labels=y)
+        denoiser = edm_denoiser(teacher_sde, steps.data_prediction(teacher_sde, teacher_score))
+        consistency_fn = consistency_models.get_consistency_fn
         student, target = cd_outputs(
-            cm.get_consistency_fn(param, model, params, True, drop_rng, y),
-            cm.get_consistency_fn(param, model, state.target_params, True, drop_rng, y),
+            consistency_fn(param, model, params, True, drop_rng, y),
+            consistency_fn(param, model, state.target_params, True, drop_rng, y),
             lambda v, a, b: ode_step(denoiser, v, a, b, solver),
             x, jax.random.normal(z_rng, x.shape), sig[n], sig[n + 1])
         return jnp.mean(_weight(weighting, sig[n], sig[n + 1]) * distance(student, target))
@@ -229,7 +204,7 @@ def get_cd_loss_fn(config, model, teacher_config, teacher_sde: sde_lib.SDE,
 def get_ct_loss_fn(config, model) -> LossFn:
     """`loss(rng, params, state, batch)` of improved consistency training (module doc)."""
     c = _section(config)
-    param = cm.from_config(config, _student_sde(config))
+    param = consistency_models.from_config(config, _student_sde(config))
     s0, s1 = int(c.start_levels), int(c.max_levels)
     if not 2 <= s0 <= s1:
         raise ValueError(f"config.consistency.start_levels={s0} and max_levels={s1} must satisfy "
@@ -246,12 +221,12 @@ def get_ct_loss_fn(config, model) -> LossFn:
         n_rng, z_rng, drop_rng = jax.random.split(rng, 3)
         y = _labels(batch, num_classes)
         levels = ct_num_levels(state.step, total, s0, s1)
-        sig = cm.karras_sigmas_traced(levels, s1 + 1, s_min, s_max, rho)
+        sig = consistency_models.karras_sigmas_traced(levels, s1 + 1, s_min, s_max, rho)
         logits = lognormal_level_logits(sig, levels, P_mean, P_std)
         n = jax.random.categorical(n_rng, logits, shape=(x.shape[0],))
         s_cur, s_next = sig[n], sig[n + 1]
         z = jax.random.normal(z_rng, x.shape)
-        f = cm.get_consistency_fn(param, model, params, True, drop_rng, y)
+        f = consistency_models.get_consistency_fn(param, model, params, True, drop_rng, y)
         target = jax.lax.stop_gradient(f(x + batch_mul(s_cur, z), s_cur))
         d = distance(f(x + batch_mul(s_next, z), s_next), target)
         return jnp.mean(_weight(weighting, s_cur, s_next) * d)
@@ -266,10 +241,9 @@ def weighting_of(config) -> str:
     Why the pair: with c = 0.00054 sqrt(d) far below the distance of adjacent CD levels, the
     pseudo-Huber loss is the unsquared norm, whose per-example gradient has unit size however
     small the difference. Uniformly weighted, the sigma_max pair, where the student starting from
-    the teacher is already most consistent, then gives the largest parameter gradient (digits
-    teacher: 12.6 against 0.03 under l2) and its noise wrecks the one-step map (FD 70 after 2,001
-    steps); iCT's weight (0.045 there) restores l2's profile (one step 9.98 against l2's 11.62
-    at 1,001 steps)."""
+    the teacher is already most consistent, then gives the largest parameter gradient and its
+    noise wrecks the one-step map; iCT's weight restores l2's profile (the gradient norms and
+    the quality they give are measured in benchmarks/consistency_digits.py)."""
     c = _section(config)
     name = str(c.get("weighting", "auto") or "auto").lower()
     if name not in WEIGHTINGS:
@@ -305,45 +279,47 @@ def _student_sde(config) -> sde_lib.SDE:
 
 
 def get_step_fn(config, model, optimizer: optax.GradientTransformation,
-                teacher: tuple | None = None
+                teacher: tuple | None = None, kind: str | None = None
                 ) -> Callable[[TrainState, Batch], tuple[TrainState, Array]]:
     """One training step of a consistency model: `step(state, batch) -> (state, loss)`.
 
     teacher: (teacher_config, teacher_sde, teacher_model) for CD (its weights are
-    state.teacher_params); None for CT. Updates the parameters (optax), the sampling EMA
+    state.teacher_params); None for CT. kind: 'cd' or 'ct' (config.training.objective unless
+    the caller decided it). Updates the parameters (optax), the sampling EMA
     (config.model.ema_rate / ema_warmup) and, for CD, the target network (target_ema).
     """
-    kind = cm.objective(config)
+    kind = kind or consistency_models.objective(config)
+    after_update = None
     if kind == "cd":
         if teacher is None:
             raise ValueError("consistency distillation (config.training.objective='cd') needs a "
                              "teacher: run --mode distill --teacher_workdir=DIR")
         loss_fn = get_cd_loss_fn(config, model, *teacher)
         mu = float(_section(config).target_ema)
+        after_update = lambda old, new: new.replace(  # noqa: E731
+            target_params=ema_update(old.target_params, new.params, mu))
     elif kind == "ct":
-        loss_fn, mu = get_ct_loss_fn(config, model), None
+        loss_fn = get_ct_loss_fn(config, model)
     else:
         raise ValueError(f"config.training.objective={kind!r} is not a consistency objective")
-    rate, warmup = float(config.model.ema_rate), bool(config.model.get("ema_warmup", False))
 
-    def step_fn(state, batch):
-        rng, step_rng = jax.random.split(state.rng)
-        loss, grads = jax.value_and_grad(loss_fn, argnums=1)(step_rng, state.params, state,
-                                                              batch)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
-                            ema_params=ema_update(state.ema_params, params,
-                                                  ema_decay(rate, state.step, warmup)))
-        if mu is not None:
-            new = new.replace(target_params=ema_update(state.target_params, params, mu))
-        return new, loss
+    def loss_and_aux(rng, params, batch, state):
+        loss = loss_fn(rng, params, state, batch)
+        return loss, loss
 
-    return step_fn
+    return build_step_fn(loss_and_aux, optimizer, True, float(config.model.ema_rate),
+                         bool(config.model.get("ema_warmup", False)), after_update)
+
+
+def __getattr__(name: str):
+    if name == "with_cd_fields":
+        raise ImportError("consistency_losses.with_cd_fields moved to "
+                          "score_sde.training_state.consistency_state")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def levels_of(config) -> np.ndarray:
     """The CD discretisation of a config (ascending sigmas), for reports and tests."""
     c = _section(config)
-    return cm.karras_sigmas(int(c.num_levels), float(config.model.sigma_min),
+    return consistency_models.karras_sigmas(int(c.num_levels), float(config.model.sigma_min),
                             float(config.model.sigma_max), float(c.rho))

@@ -1,4 +1,4 @@
-"""Denoising score-matching losses, the optimizer, and one training/evaluation step.
+"""Denoising score-matching losses and the score model's training/evaluation step.
 
 Continuous-time DSM (Song et al. 2021, eq. 7) with sigma^2 ("score * std + z") or likelihood
 (g^2) weighting, and the discrete SMLD (NCSN) and DDPM losses that the published VE/VP
@@ -11,80 +11,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
 from score_sde import sde_lib
-from score_sde.models import consistency as consistency_lib
+from score_sde.models import consistency as consistency_models
 from score_sde.models import parameterization as param_lib
 from score_sde.models import utils as mutils
 from score_sde.models.parameterization import Parameterization
 
+# The training state and its step live in training_state; these names stay importable here.
+from score_sde.training_state import (  # noqa: F401
+    Batch,
+    TrainState,
+    build_step_fn,
+    ema_decay,
+    ema_update,
+    get_optimizer,
+    init_train_state,
+    new_train_state,
+)
+
 Array = jax.Array
-Batch = dict[str, Array]
 LossFn = Callable[[Array, Any, Batch], Array]
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: Array
-    params: Any
-    opt_state: Any
-    ema_params: Any
-    rng: Array
-
-
-def get_optimizer(config) -> optax.GradientTransformation:
-    """Adam (or RAdam) with linear warm-up to `optim.lr` over `optim.warmup` steps and global-norm
-    clipping (none when optim.grad_clip < 0)."""
-    optim = config.optim
-    name = str(optim.optimizer).lower()
-    if name not in ("adam", "radam"):
-        raise ValueError(f"config.optim.optimizer={optim.optimizer!r} is not supported; use "
-                         "'Adam' or 'RAdam' (the consistency models' published optimizer)")
-    warmup = int(optim.warmup)
-    if warmup > 0:
-        lr = optax.linear_schedule(0.0, optim.lr, warmup)
-    else:
-        lr = optim.lr
-    if name == "radam":
-        radam = optax.chain(optax.radam(lr, b1=optim.beta1, b2=0.999, eps=optim.eps),
-                            optax.add_decayed_weights(-float(optim.weight_decay) * optim.lr))
-        if optim.grad_clip >= 0:
-            return optax.chain(optax.clip_by_global_norm(optim.grad_clip), radam)
-        return radam
-    adam = optax.adamw(lr, b1=optim.beta1, b2=0.999, eps=optim.eps,
-                       weight_decay=float(optim.weight_decay))
-    if optim.grad_clip >= 0:
-        return optax.chain(optax.clip_by_global_norm(optim.grad_clip), adam)
-    return adam
-
-
-def init_train_state(rng: Array, config, model=None, optimizer=None) -> TrainState:
-    """Fresh parameters (EMA starts equal to them), optimizer state and training PRNG key."""
-    from score_sde import models
-
-    init_rng, state_rng = jax.random.split(rng)
-    params = models.init_model(init_rng, config)
-    optimizer = optimizer if optimizer is not None else get_optimizer(config)
-    state = new_train_state(params, optimizer, state_rng)
-    if consistency_lib.objective(config) == "cd":  # + target network and teacher weights
-        from score_sde import consistency_losses
-
-        return consistency_losses.with_cd_fields(state)
-    return state
-
-
-def new_train_state(params, optimizer: optax.GradientTransformation, rng: Array) -> TrainState:
-    """Step 0 of `params` (score model or classifier): optimizer state, EMA = params, key.
-
-    The EMA gets buffers of its own, so that a jitted step may donate the whole state.
-    """
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params),
-                      ema_params=jax.tree.map(jnp.copy, params), rng=rng)
 
 
 def _reduce_op(reduce_mean: bool) -> Callable[[Array], Array]:
@@ -166,7 +116,7 @@ def get_param_loss_fn(param: Parameterization, model, train: bool, reduce_mean: 
 def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> LossFn:
     """The loss the config trains with: continuous DSM (sigma^2 or likelihood weighting), SMLD/DDPM
     when not continuous, EDM's for EDM preconditioning (`parameterization.from_config`)."""
-    consistency_lib.refuse_score_use(config, "the denoising loss (config.eval.enable_loss)")
+    consistency_models.refuse_score_use(config, "the denoising loss (config.eval.enable_loss)")
     tr = config.training
     cond = dict(num_classes=int(config.model.get("num_classes", 0)),
                 class_dropout=float(tr.get("class_dropout", 0.0)) if train else 0.0)
@@ -184,24 +134,6 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> LossFn:
                              weighting=weighting, eps=float(tr.get("eps", 1e-5)), **cond)
 
 
-def ema_update(ema_params, params, rate: float | Array):
-    return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema_params, params)
-
-
-def ema_decay(rate: float, step: Array, warmup: bool = False) -> float | Array:
-    """The EMA rate at optimizer step `step` (0-based): `rate`, or with warm-up
-    min(rate, (1 + step) / (10 + step)).
-
-    A constant rate keeps rate**step of the initial parameters in the average (5% after 3,000
-    steps at 0.999), which a short run's samplers notice; the warm-up averages only the
-    parameters that training has produced. Long runs end with the same average either way.
-    """
-    if not warmup:
-        return rate
-    step = jnp.asarray(step, jnp.float32)
-    return jnp.minimum(rate, (1.0 + step) / (10.0 + step))
-
-
 def get_step_fn(config, sde: sde_lib.SDE, model, optimizer: optax.GradientTransformation,
                 train: bool) -> Callable[[TrainState, Batch], tuple[TrainState, Array]]:
     """One pure, jittable step: `step_fn(state, batch) -> (state, loss)`.
@@ -212,35 +144,9 @@ def get_step_fn(config, sde: sde_lib.SDE, model, optimizer: optax.GradientTransf
     """
     loss_fn = get_loss_fn(config, sde, model, train)
 
-    def loss_and_aux(rng, params, batch):
+    def loss_and_aux(rng, params, batch, state):
         loss = loss_fn(rng, params, batch)
         return loss, loss
 
     return build_step_fn(loss_and_aux, optimizer, train, float(config.model.ema_rate),
                          bool(config.model.get("ema_warmup", False)))
-
-
-def build_step_fn(loss_fn: Callable[[Array, Any, Batch], tuple[Array, Any]],
-                  optimizer: optax.GradientTransformation, train: bool, ema_rate: float,
-                  ema_warmup: bool = False
-                  ) -> Callable[[TrainState, Batch], tuple[TrainState, Any]]:
-    """The one train/eval step of every trained network (score model, classifier).
-
-    `loss_fn(rng, params, batch) -> (loss, aux)`; `step(state, batch) -> (state, aux)`. Training
-    differentiates the loss, applies the optimizer and updates the EMA (see `ema_decay`);
-    evaluation evaluates the EMA parameters and only advances the state's PRNG key.
-    """
-
-    def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, Any]:
-        rng, step_rng = jax.random.split(state.rng)
-        if not train:
-            return state.replace(rng=rng), loss_fn(step_rng, state.ema_params, batch)[1]
-        (_, aux), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(
-            step_rng, state.params, batch)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, ema_decay(ema_rate, state.step, ema_warmup))
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                             ema_params=ema, rng=rng), aux
-
-    return step_fn

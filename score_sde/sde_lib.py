@@ -56,6 +56,10 @@ class SDE(abc.ABC):
     def t_from_log_snr(self, log_snr: Array) -> Array:
         """Inverse of lambda(t) = log(alpha(t) / sigma(t)), used to build solver time grids."""
 
+    def t_from_sigma(self, sigma: Array) -> Array:
+        """The time whose noise level sigma(t) / alpha(t) is `sigma` (EDM's sigma)."""
+        return self.t_from_log_snr(-jnp.log(sigma))
+
     def marginal_prob(self, x: Array, t: Array) -> tuple[Array, Array]:
         """Mean (shape of x) and std (shape (B,)) of p_0t(x_t | x_0 = x)."""
         alpha, sigma = self.marginal_coeffs(t)

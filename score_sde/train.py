@@ -40,10 +40,11 @@ from score_sde import (
     run_config,
     run_lease,
     sde_lib,
+    training_state,
 )
 from score_sde import logging_utils as log
 from score_sde.inference import Sampler, make_eval_call
-from score_sde.models import consistency as consistency_lib
+from score_sde.models import consistency as consistency_models
 
 # Donation is a no-op on the CPU backend; the warning says so on every compile.
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -144,13 +145,15 @@ class Trainer:
         from score_sde import models
 
         self.model = models.get_model(config)
-        self.optimizer = losses.get_optimizer(config)
+        self.optimizer = training_state.get_optimizer(config)
         self.scaler = datasets.get_data_scaler(config)
         self.inverse_scaler = datasets.get_data_inverse_scaler(config)
         self.eval_call = None
-        if consistency_lib.is_consistency_model(config):
+        self.kind = consistency_models.objective(config)  # 'dsm', 'cd' or 'ct', decided once
+        if self.kind != "dsm":
             step_fn = consistency_losses.get_step_fn(
-                config, self.model, self.optimizer, teacher.spec() if teacher else None)
+                config, self.model, self.optimizer, teacher.spec() if teacher else None,
+                kind=self.kind)
         else:
             step_fn = losses.get_step_fn(config, self.sde, self.model, self.optimizer, True)
             self.eval_call = make_eval_call(
@@ -161,17 +164,19 @@ class Trainer:
         self.train_ds = datasets.get_dataset(config, "train")
         self.eval_ds = datasets.get_dataset(config, "test")
 
-    def abstract_state(self) -> losses.TrainState:
+    def _init(self, rng: jax.Array) -> training_state.TrainState:
+        return training_state.init_train_state(rng, self.config, self.model, self.optimizer,
+                                               kind=self.kind)
+
+    def abstract_state(self) -> training_state.TrainState:
         """Shapes and (replicated) shardings of the state: the restore target. A resumed run
         needs no initialisation, so a requeued job skips compiling it."""
-        shapes = jax.eval_shape(lambda r: losses.init_train_state(
-            r, self.config, self.model, self.optimizer), jax.random.PRNGKey(0))
+        shapes = jax.eval_shape(self._init, jax.random.PRNGKey(0))
         return checkpoints.abstract_like(shapes, parallel.replicated(self.mesh))
 
-    def init_state(self) -> losses.TrainState:
+    def init_state(self) -> training_state.TrainState:
         rng = jax.random.PRNGKey(int(self.config.seed))
-        state = jax.jit(lambda r: losses.init_train_state(r, self.config, self.model,
-                                                          self.optimizer))(rng)
+        state = jax.jit(self._init)(rng)
         return parallel.replicate(jax.device_get(state), self.mesh)
 
     def votes(self, stop: bool) -> jax.Array:
@@ -196,12 +201,12 @@ def _crossed(step: int, freq: int) -> bool:
 
 
 def distill(config, workdir: str | os.PathLike, teacher_workdir: str | None = None,
-            init_from_published: str | None = None) -> losses.TrainState:
+            init_from_published: str | None = None) -> training_state.TrainState:
     """Consistency distillation (--mode distill): train the student of a CD config
     (config.training.objective='cd') from the teacher in teacher_workdir, or from a published
     score_sde checkpoint (init_from_published, with config.consistency.teacher_config).
     Checkpoints, resume and snapshots as for `train`."""
-    if consistency_lib.objective(config) != "cd":
+    if consistency_models.objective(config) != "cd":
         raise ValueError("--mode distill trains a consistency-distillation config: set "
                          "config.training.objective='cd' (e.g. configs/digits_cd.py)")
     teacher = distillation.load_teacher(config, teacher_workdir, init_from_published)
@@ -210,7 +215,7 @@ def distill(config, workdir: str | os.PathLike, teacher_workdir: str | None = No
 
 
 def train(config, workdir: str | os.PathLike, init_from_published: str | None = None,
-          teacher: distillation.Teacher | None = None) -> losses.TrainState:
+          teacher: distillation.Teacher | None = None) -> training_state.TrainState:
     """Train from scratch, from the newest checkpoint in workdir, or from published weights.
 
     Writes workdir/checkpoints, workdir/checkpoints-meta, workdir/tensorboard,
@@ -252,88 +257,19 @@ def _hold_workdir(workdir: epath.Path) -> Iterator[None]:
 
 def _train(config, workdir: epath.Path, init_from_published: str | None,
            guard: preemption.PreemptionGuard,
-           teacher: distillation.Teacher | None = None) -> losses.TrainState:
-    tr = config.training
+           teacher: distillation.Teacher | None = None) -> training_state.TrainState:
     t = Trainer(config, workdir, teacher)
     ckpts = checkpoints.Checkpoints(workdir)
     writer = log.MetricWriter(workdir)
-    state, resumed = ckpts.restore_latest(t.abstract_state())
-    state = state if resumed is not None else t.init_state()
-    if resumed is not None:
-        log.say(f"Resuming from the checkpoint at step {resumed} in {workdir}"
-                + (" (--init_from_published is ignored)" if init_from_published else ""))
-    elif teacher is not None:
-        init = bool(config.consistency.get("init_from_teacher", True))
-        state = parallel.replicate(teacher.start(jax.device_get(state), init), t.mesh)
-        log.say(f"Starting a new run in {workdir}"
-                + (" from the teacher's weights" if init else ""))
-    elif init_from_published:
-        state = parallel.replicate(
-            checkpoints.state_from_published(jax.device_get(state), init_from_published, config),
-            t.mesh)
-        log.say(f"Starting from the published checkpoint {init_from_published}")
-    else:
-        log.say(f"Starting a new run in {workdir}")
-    step = int(jax.device_get(state.step))
-    n_iters = int(tr.n_iters)
+    state, resumed = _starting_state(t, ckpts, init_from_published, teacher)
     log.say(f"Training {config.model.name} on {config.data.dataset} "
             f"({config.data.image_size}x{config.data.image_size}x{config.data.num_channels}) "
-            f"for {n_iters} steps, global batch {tr.batch_size} on {jax.device_count()} "
-            f"device(s) / {jax.process_count()} process(es), {t.n_jit} step(s) per call")
-    bad = jnp.bool_(False)
-    last_good_ckpt = resumed
-    data = t.train_ds.iterate(start=step, stop=n_iters)
-    bar = log.progress(total=n_iters, initial=step, desc="train", unit="step")
-    tick, tick_step = time.perf_counter(), step
-    sampler = None
-    stop = None  # the last call's "some process was asked to stop", read after the next call
+            f"for {int(config.training.n_iters)} steps, global batch "
+            f"{config.training.batch_size} on {jax.device_count()} device(s) / "
+            f"{jax.process_count()} process(es), {t.n_jit} step(s) per call")
     try:
-        while step < n_iters:
-            ckpts.check()  # a failed background save stops the run before another step
-            batch = t.stacked_batch([next(data) for _ in range(t.n_jit)])
-            stop_before = stop
-            state, step_losses, stop = t.train_call(state, batch, t.votes(guard.requested))
-            bad = bad | ~jnp.all(jnp.isfinite(step_losses))
-            step += t.n_jit
-            bar.update(t.n_jit)
-            if _crossed(step, int(tr.log_freq)):
-                _check_finite(bad, step, last_good_ckpt, workdir)
-                now = time.perf_counter()
-                rate = (step - tick_step) / max(now - tick, 1e-9)
-                tick, tick_step = now, step
-                writer.scalars(step, {"train/loss": float(step_losses[-1]),
-                                      "train/steps_per_sec": rate})
-            if _crossed(step, int(tr.eval_freq)) and t.eval_call is not None:
-                writer.scalars(step, {"eval/loss": float(t.eval_loss(state, step))})
-            snapshot = _crossed(step, int(tr.snapshot_freq)) or step == n_iters
-            if snapshot or _crossed(step, int(tr.snapshot_freq_for_preemption)):
-                _check_finite(bad, step, last_good_ckpt, workdir)
-                if not bool(_all_finite(state.params)):
-                    _raise_nonfinite(step, last_good_ckpt, workdir, what="parameters")
-                if snapshot:
-                    ckpts.save_snapshot(step, state)
-                else:
-                    ckpts.save_preemption(step, state)
-                last_good_ckpt = step
-            if snapshot and tr.get("snapshot_sampling", False):
-                sampler = sampler or Sampler(config, t.sde, t.eps, t.model, t.mesh,
-                                             n=int(tr.batch_size))
-                _snapshot_samples(sampler, state, step, workdir, writer, config)
-            if stop_before is not None and bool(stop_before):  # every process, same step
-                kind = checkpoints.SNAPSHOT_DIR if snapshot else checkpoints.META_DIR
-                if last_good_ckpt != step:
-                    _check_finite(bad, step, last_good_ckpt, workdir)
-                    if not bool(_all_finite(state.params)):
-                        _raise_nonfinite(step, last_good_ckpt, workdir, what="parameters")
-                    ckpts.save_preemption(step, state)
-                    kind = checkpoints.META_DIR
-                ckpts.wait()  # committed before the exit status says "resume me"
-                if jax.process_count() > 1:  # no process exits before all have waited
-                    multihost_utils.sync_global_devices("score_sde: pre-empted")
-                raise preemption.Preempted(step, guard.signal_name or "a signal to another "
-                                           "process", str(workdir / kind / str(step)))
+        state, step = _loop(t, state, _CheckedSaves(ckpts, workdir, resumed), writer, guard)
     finally:
-        bar.close()
         ckpts.wait()
         ckpts.close()
         writer.close()
@@ -343,18 +279,125 @@ def _train(config, workdir: epath.Path, init_from_published: str | None,
     return state
 
 
-def _check_finite(bad: jax.Array, step: int, last_good: int | None,
-                  workdir: epath.Path) -> None:
-    if bool(bad):
-        _raise_nonfinite(step, last_good, workdir, what="loss")
+def _starting_state(t: Trainer, ckpts: checkpoints.Checkpoints,
+                    init_from_published: str | None, teacher: distillation.Teacher | None):
+    """(state, the step it resumes from or None): the newest checkpoint of the workdir, else a
+    new state started from the teacher (CD), from published weights, or from scratch."""
+    state, resumed = ckpts.restore_latest(t.abstract_state())
+    workdir = t.workdir
+    if resumed is not None:
+        log.say(f"Resuming from the checkpoint at step {resumed} in {workdir}"
+                + (" (--init_from_published is ignored)" if init_from_published else ""))
+        return state, resumed
+    state = t.init_state()
+    if teacher is not None:
+        init = bool(t.config.consistency.get("init_from_teacher", True))
+        state = parallel.replicate(teacher.start(jax.device_get(state), init), t.mesh)
+        log.say(f"Starting a new run in {workdir}"
+                + (" from the teacher's weights" if init else ""))
+    elif init_from_published:
+        state = parallel.replicate(checkpoints.state_from_published(
+            jax.device_get(state), init_from_published, t.config), t.mesh)
+        log.say(f"Starting from the published checkpoint {init_from_published}")
+    else:
+        log.say(f"Starting a new run in {workdir}")
+    return state, None
 
 
-def _raise_nonfinite(step: int, last_good: int | None, workdir: epath.Path, what: str):
-    kept = (f"the last good checkpoint (step {last_good}) is kept in {workdir}"
-            if last_good is not None else "no checkpoint was written")
-    raise NonFiniteLossError(
-        f"the training {what} became NaN/Inf at or before step {step}; stopping without saving "
-        f"it; {kept}. Try a lower config.optim.lr or config.optim.grad_clip >= 0.")
+class _CheckedSaves:
+    """Checkpoints that are written only when the losses since the last check and the
+    parameters are finite; `last_good` is the step of the newest one written."""
+
+    def __init__(self, ckpts: checkpoints.Checkpoints, workdir: epath.Path,
+                 last_good: int | None):
+        self.ckpts, self.workdir, self.last_good = ckpts, workdir, last_good
+
+    def check_losses(self, bad: jax.Array, step: int) -> None:
+        if bool(bad):
+            self._raise(step, "loss")
+
+    def save(self, step: int, state, bad: jax.Array, snapshot: bool) -> None:
+        """A snapshot (kept) or a pre-emption checkpoint (replaced by the next one)."""
+        self.check_losses(bad, step)
+        if not bool(_all_finite(state.params)):
+            self._raise(step, "parameters")
+        (self.ckpts.save_snapshot if snapshot else self.ckpts.save_preemption)(step, state)
+        self.last_good = step
+
+    def _raise(self, step: int, what: str):
+        kept = (f"the last good checkpoint (step {self.last_good}) is kept in {self.workdir}"
+                if self.last_good is not None else "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"the training {what} became NaN/Inf at or before step {step}; stopping without "
+            f"saving it; {kept}. Try a lower config.optim.lr or config.optim.grad_clip >= 0.")
+
+
+def _loop(t: Trainer, state, saves: _CheckedSaves, writer, guard: preemption.PreemptionGuard):
+    """The optimiser steps to config.training.n_iters with logging, evaluation, checkpoints,
+    snapshot samples and the pre-emption stop (module docstring); returns (state, step)."""
+    config, tr = t.config, t.config.training
+    step = int(jax.device_get(state.step))
+    n_iters = int(tr.n_iters)
+    bad = jnp.bool_(False)
+    data = t.train_ds.iterate(start=step, stop=n_iters)
+    bar = log.progress(total=n_iters, initial=step, desc="train", unit="step")
+    rate = _StepRate(step)
+    sampler = None
+    stop = None  # the last call's "some process was asked to stop", read after the next call
+    try:
+        while step < n_iters:
+            saves.ckpts.check()  # a failed background save stops the run before another step
+            batch = t.stacked_batch([next(data) for _ in range(t.n_jit)])
+            stop_before = stop
+            state, step_losses, stop = t.train_call(state, batch, t.votes(guard.requested))
+            bad = bad | ~jnp.all(jnp.isfinite(step_losses))
+            step += t.n_jit
+            bar.update(t.n_jit)
+            if _crossed(step, int(tr.log_freq)):
+                saves.check_losses(bad, step)
+                writer.scalars(step, {"train/loss": float(step_losses[-1]),
+                                      "train/steps_per_sec": rate(step)})
+            if _crossed(step, int(tr.eval_freq)) and t.eval_call is not None:
+                writer.scalars(step, {"eval/loss": float(t.eval_loss(state, step))})
+            snapshot = _crossed(step, int(tr.snapshot_freq)) or step == n_iters
+            if snapshot or _crossed(step, int(tr.snapshot_freq_for_preemption)):
+                saves.save(step, state, bad, snapshot)
+            if snapshot and tr.get("snapshot_sampling", False):
+                sampler = sampler or Sampler(config, t.sde, t.eps, t.model, t.mesh,
+                                             n=int(tr.batch_size))
+                _snapshot_samples(sampler, state, step, t.workdir, writer, config)
+            if stop_before is not None and bool(stop_before):  # every process, same step
+                _stop_preempted(saves, state, step, bad, snapshot, guard)
+    finally:
+        bar.close()
+    return state, step
+
+
+class _StepRate:
+    """Steps per second since the last call."""
+
+    def __init__(self, step: int):
+        self.time, self.step = time.perf_counter(), step
+
+    def __call__(self, step: int) -> float:
+        now = time.perf_counter()
+        rate = (step - self.step) / max(now - self.time, 1e-9)
+        self.time, self.step = now, step
+        return rate
+
+
+def _stop_preempted(saves: _CheckedSaves, state, step: int, bad: jax.Array, snapshot: bool,
+                    guard: preemption.PreemptionGuard):
+    """Save the step (unless just saved), wait for the write, and raise Preempted."""
+    kind = checkpoints.SNAPSHOT_DIR if snapshot else checkpoints.META_DIR
+    if saves.last_good != step:
+        saves.save(step, state, bad, snapshot=False)
+        kind = checkpoints.META_DIR
+    saves.ckpts.wait()  # committed before the exit status says "resume me"
+    if jax.process_count() > 1:  # no process exits before all have waited
+        multihost_utils.sync_global_devices("score_sde: pre-empted")
+    raise preemption.Preempted(step, guard.signal_name or "a signal to another process",
+                               str(saves.workdir / kind / str(step)))
 
 
 def _snapshot_samples(sampler: Sampler, state, step: int, workdir: epath.Path, writer,

@@ -108,3 +108,98 @@ def test_eval_mode_finds_the_sample_quality_hook_through_the_library():
 
     assert evaluate.EVAL_HOOKS is eval_hooks.EVAL_HOOKS
     assert eval_hooks.EVAL_HOOKS["sample_quality"] is sample_quality.score_samples
+
+
+# ----------------------------------------------------------- the import graph, the functions
+
+# Ported published networks keep the reference's long __call__ (line-for-line checkable).
+LONG_FUNCTIONS_ALLOWED = {("models/ncsnpp.py", "__call__")}
+MAX_FUNCTION_LINES = 80
+
+
+def _module_files() -> dict[str, Path]:
+    """Dotted name -> file of every module of the package (a package by its __init__)."""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of the package it imports anywhere (functions included: a circle
+    hidden in a function is still a circle), each resolved to the most specific module."""
+    files = _module_files()
+
+    def resolve(name: str) -> str:
+        while name not in files and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name if name in files else ""
+
+    graph = {}
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {resolve(a.name) for a in node.names if a.name.startswith("score_sde")}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                if base.split(".")[0] == "score_sde":
+                    found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in files
+                              else resolve(base) for a in node.names}
+        graph[module] = found - {module, ""}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, found = {}, {}, [], []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_circle_finder_finds_a_circle_hidden_in_a_function():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(graph) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_package_import_graph_has_no_circle():
+    graph = import_graph()
+    assert "score_sde.sampling.steps" in graph["score_sde.sampling.fast"]
+    assert circles(graph) == []
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                name = (str(path.relative_to(PACKAGE)), node.name)
+                if lines > MAX_FUNCTION_LINES and name not in LONG_FUNCTIONS_ALLOWED:
+                    long.append(f"{name[0]}:{node.name} ({lines} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"

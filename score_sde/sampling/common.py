@@ -40,16 +40,6 @@ def full_t(t: Array, x: Array) -> Array:
     return jnp.full((x.shape[0],), t, dtype=jnp.float32)
 
 
-def data_prediction(sde: SDE, score_fn: ScoreFn) -> ScoreFn:
-    """x0_hat(x, t) = E[x_0 | x_t = x] = (x + sigma^2 score) / alpha (Tweedie's formula)."""
-
-    def x0_hat(x: Array, t: Array) -> Array:
-        alpha, sigma = sde.marginal_coeffs(t)
-        return batch_mul(1.0 / alpha, x + batch_mul(sigma**2, score_fn(x, t)))
-
-    return x0_hat
-
-
 def gaussian_score(sde: SDE, data_scale: float | None) -> ScoreFn:
     """The exact score of data N(0, s^2 I) at time t: -x / (alpha^2 s^2 + sigma^2), s = data_scale
     (None: 1, unit-scale data; grids.check_data_scale).

@@ -67,8 +67,8 @@ def _times(sde: SDE, nfe: int, sigmas, eps: float, sigma_min: float) -> np.ndarr
             or max(sigmas, default=0.0) >= s_T / a_T:
         raise ValueError(f"config.sampling.consistency_sigmas={sigmas} must strictly decrease "
                          f"inside ({sigma_min:.4g}, {s_T / a_T:.4g})")
-    inner = (np.asarray(sde.t_from_log_snr(-jnp.log(jnp.asarray(sigmas, jnp.float32))),
-                        np.float64) if sigmas else np.zeros((0,)))
+    inner = (np.asarray(sde.t_from_sigma(jnp.asarray(sigmas, jnp.float32)), np.float64)
+             if sigmas else np.zeros((0,)))
     return np.concatenate([[sde.T], inner]).astype(np.float32)
 
 

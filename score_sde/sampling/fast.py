@@ -16,13 +16,14 @@ config's value range through get_sampler_from_config.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from score_sde.sampling.common import (
     Project,
-    data_prediction,
     free_steps,
     full_t,
     initial_state,
@@ -33,6 +34,14 @@ from score_sde.sampling.common import (
     with_path,
 )
 from score_sde.sampling.registry import register_sampler
+from score_sde.sampling.steps import (
+    data_prediction,
+    denoiser_at_time,
+    exponential_coeffs,
+    exponential_step,
+    heun_step,
+    on_device,
+)
 from score_sde.sde_lib import SDE, batch_mul
 
 
@@ -104,77 +113,53 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35,
     off. exponential=True (default) takes, on the steps with r < EDM_MIN_RATIO = 1/3 (where
     EDM's w would exceed 1, an extrapolation past D'), the trapezoid on D, w = (1 - r) / 2
     (second order, DPM-Solver-2 with its midpoint at the step's end), and EDM's step on the
-    others. On exact mixtures this beat both pure forms at 9-19 NFE (2-D VP, 19 NFE: FD error
-    0.0005 against 0.032 and 0.009; benchmarks/README.md, "Heun's step").
+    others (steps.heun_step; measured against both pure forms in benchmarks/README.md,
+    "Heun's step").
     `ts` (decreasing times in [eps, T]) overrides grid and nfe: its len(ts) = n points are the
     grid (nfe = 2 n - 1), and the path has n + 1 states (the last at sigma_edm = 0).
     """
-    if ts is None:
-        n = max((nfe + 1) // 2, 1)
-        ts = (step_times("heun", sde, eps, None, grid, n - 1, sigma_range,
-                         data_scale=data_scale) if n > 1
-              else np.asarray([sde.T], np.float32))
-    else:
-        ts = step_times("heun", sde, eps, ts, grid, 0)
-        n = len(ts)
-    alpha, sigma, _ = schedule(sde, ts)
-    sig = np.append(np.asarray(sigma / alpha, np.float64), 0.0)
-    gamma = np.where((sig[:-1] >= S_tmin) & (sig[:-1] <= S_tmax),
-                     min(S_churn / n, np.sqrt(2.0) - 1.0), 0.0)
-    sig_hat = sig[:-1] * (1.0 + gamma)
-    t_hat = np.asarray(sde.t_from_log_snr(jnp.asarray(-np.log(sig_hat), jnp.float32)))
-    t_hat = np.where(gamma > 0, t_hat, ts)  # exact grid times where there is no churn
-    churn_std = S_noise * np.sqrt(sig_hat**2 - sig[:-1] ** 2)
-    ratio = sig[1:] / sig_hat  # sigma_{i+1} / sigma_hat_i: the exact decay of x - D
-    edm_step = jnp.asarray(ratio >= (EDM_MIN_RATIO if exponential else 0.0))
-    sig, sig_hat, t_hat, t_grid, churn_std, ratio = (
-        jnp.asarray(v, jnp.float32) for v in (sig, sig_hat, t_hat, ts, churn_std, ratio))
+    ts = _heun_times(sde, nfe, grid, sigma_range, data_scale, ts, eps)
+    n = len(ts)
+    churn = _Churn.of(sde, ts, S_churn, S_tmin, S_tmax, S_noise)
+    # the share of the noise each step keeps, sigma_{i+1} / sigma_hat_i, picks EDM's rule
+    edm_step = jnp.asarray(churn.sig[1:] / churn.sig_hat
+                           >= (EDM_MIN_RATIO if exponential else 0.0))
+    sig, sig_hat, t_hat, t_grid, churn_std = (jnp.asarray(v, jnp.float32) for v in (
+        churn.sig, churn.sig_hat, churn.t_hat, ts, churn.std))
 
     def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
                return_path: bool = False):
-        x0_hat = data_prediction(sde, score_fn)
+        at_time = denoiser_at_time(sde, data_prediction(sde, score_fn))
         rng, proj = projection_steps(project, rng)
         x_T, rng = initial_state(sde, rng, shape, sharding, x_init)
 
-        def to_sde(x, t):  # alpha_t x_edm: the SDE's state (for the path)
-            return batch_mul(sde.marginal_coeffs(full_t(t, x))[0], x)
+        def alpha_at(t, x):
+            return sde.marginal_coeffs(full_t(t, x))[0]
 
-        def denoise(x, t):  # D(x_edm; sigma_edm(t)) through the SDE's own variables
-            alpha_t = sde.marginal_coeffs(full_t(t, x))[0]
-            return x0_hat(batch_mul(alpha_t, x), full_t(t, x))
+        def denoise(x, t):  # D(x_edm; sigma_edm(t)) at the grid's scalar time t
+            return at_time(x, full_t(t, x))
 
         def project_edm(x, t, k):  # project x_edm as the SDE state alpha_t x_edm, then back
             if project is None:
                 return x
-            alpha_t = sde.marginal_coeffs(full_t(t, x))[0]
-            x_sde = batch_mul(alpha_t, x)
-            return batch_mul(1.0 / alpha_t, proj(x_sde, x_sde, t, k)[0])
+            x_sde = batch_mul(alpha_at(t, x), x)
+            return batch_mul(1.0 / alpha_at(t, x), proj(x_sde, x_sde, t, k)[0])
 
-        def churn(x, i):
+        def raise_noise(x, i):
             z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
             return x + churn_std[i] * z
 
         def step(x, i):
-            x_hat = churn(x, i)
-            d0 = denoise(x_hat, t_hat[i])
-            x_next = ratio[i] * x_hat + (1.0 - ratio[i]) * d0  # Euler: x_hat + (s' - s) d
-            d1 = denoise(x_next, t_grid[i + 1])
-            # the trapezoid on D: x_hat's part decays exactly
-            x_exp = ratio[i] * x_hat + (1.0 - ratio[i]) * (0.5 * d0 + 0.5 * d1)
-            # EDM's trapezoid on dx/dsigma = (x - D) / sigma
-            d = (x_hat - d0) / sig_hat[i]
-            d_next = (x_next - d1) / sig[i + 1]
-            x_edm = x_hat + (sig[i + 1] - sig_hat[i]) * (0.5 * d + 0.5 * d_next)
-            x = jnp.where(edm_step[i], x_edm, x_exp)
+            x = heun_step(raise_noise(x, i), sig_hat[i], sig[i + 1],
+                          lambda v: denoise(v, t_hat[i]), lambda v: denoise(v, t_grid[i + 1]),
+                          edm_rule=edm_step[i])
             x = project_edm(x, t_grid[i + 1], i + 1)
-            return x, to_sde(x, t_grid[i + 1]) if return_path else None
+            return x, batch_mul(alpha_at(t_grid[i + 1], x), x) if return_path else None
 
-        alpha_T = sde.marginal_coeffs(full_t(t_grid[0], x_T))[0]
-        x = project_edm(batch_mul(1.0 / alpha_T, x_T), t_grid[0], 0)
-        x_first = to_sde(x, t_grid[0])
+        x = project_edm(batch_mul(1.0 / alpha_at(t_grid[0], x_T), x_T), t_grid[0], 0)
+        x_first = batch_mul(alpha_at(t_grid[0], x), x)
         x, path = jax.lax.scan(step, x, jnp.arange(n - 1))
-        x_hat = churn(x, n - 1)  # last step: Euler to sigma_edm = 0, i.e. x = D(x_hat)
-        x = denoise(x_hat, t_hat[n - 1])
+        x = denoise(raise_noise(x, n - 1), t_hat[n - 1])  # last: Euler to sigma_edm 0, D(x_hat)
         _, x = proj(x, x, 0.0, n)
         if return_path:
             path = jnp.concatenate([x_first[None], path, x[None]])
@@ -182,6 +167,39 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35,
 
     sample.ts = ts
     return sample
+
+
+def _heun_times(sde: SDE, nfe: int, grid: str, sigma_range, data_scale, ts,
+                eps: float) -> np.ndarray:
+    """The n = (nfe + 1) // 2 grid points of Heun's sampler (T to eps), or the given ts."""
+    if ts is not None:
+        return step_times("heun", sde, eps, ts, grid, 0)
+    n = max((nfe + 1) // 2, 1)
+    if n == 1:
+        return np.asarray([sde.T], np.float32)
+    return step_times("heun", sde, eps, None, grid, n - 1, sigma_range, data_scale=data_scale)
+
+
+class _Churn(NamedTuple):
+    """EDM's churn on Heun's grid (float64 numpy): the levels sigma_edm of the grid and 0 (sig),
+    the raised level of each step (sig_hat), its time (t_hat) and the noise std that raises it."""
+
+    sig: np.ndarray
+    sig_hat: np.ndarray
+    t_hat: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def of(cls, sde: SDE, ts: np.ndarray, S_churn: float, S_tmin: float, S_tmax: float,
+           S_noise: float) -> _Churn:
+        alpha, sigma, _ = schedule(sde, ts)
+        sig = np.append(np.asarray(sigma / alpha, np.float64), 0.0)
+        gamma = np.where((sig[:-1] >= S_tmin) & (sig[:-1] <= S_tmax),
+                         min(S_churn / len(ts), np.sqrt(2.0) - 1.0), 0.0)
+        sig_hat = sig[:-1] * (1.0 + gamma)
+        t_hat = np.asarray(sde.t_from_sigma(jnp.asarray(sig_hat, jnp.float32)))
+        t_hat = np.where(gamma > 0, t_hat, ts)  # exact grid times where there is no churn
+        return cls(sig, sig_hat, t_hat, S_noise * np.sqrt(sig_hat**2 - sig[:-1] ** 2))
 
 
 @register_sampler("dpm_solver++", merges=True, fields={"ts": None})
@@ -195,16 +213,12 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
 
     Step i from lambda_i to lambda_{i+1} (h = lambda_{i+1} - lambda_i, lambda = log alpha/sigma)
     integrates x_{i+1} = (sigma_{i+1} / sigma_i) x_i + sigma_{i+1} int e^lambda x0(lambda)
-    with x0 expanded around lambda_i from the last `order` data predictions m0, m1, m2:
-      x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} (phi1 m0 - c1 D1 + 2 phi3 D2),
-    phi1 = e^{-h} - 1, phi2 = phi1 / h + 1, phi3 = phi2 / h - 1/2; D1 ~ h x0' and
-    D2 ~ h^2 x0'' / 2 are divided differences over r0 = h_{i-1} / h, r1 = h_{i-2} / h.
-    order=2 is DPM-Solver++(2M) as in its Algorithm 2 (D1 = (m0 - m1) / r0, c1 = -phi1 / 2,
-    D2 = 0); order=3 is the third-order multistep (c1 = phi2, the exact weight of the linear
-    term). The first steps use the history they have; lower_order_final takes the last steps at
+    with x0 expanded around lambda_i from the last `order` data predictions (steps.
+    exponential_step: order 2 is DPM-Solver++(2M), order 3 the third-order multistep).
+    The first steps use the history they have; lower_order_final takes the last steps at
     lower order (steadier at few NFE). analytic_first_step: the first data prediction is that
     of Gaussian data N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take
-    nfe + 1 steps (benchmarks/README.md: a large gain at 5 NFE). `ts` (decreasing times in
+    nfe + 1 steps (benchmarks/README.md, "Analytic first step"). `ts` (decreasing times in
     [eps, T]) overrides grid and nfe; order p needs p steps.
     """
     if order not in (1, 2, 3):
@@ -213,22 +227,8 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
     ts = step_times("dpm_solver++", sde, eps, ts, grid, nfe + free, sigma_range,
                     min_steps=max(order, 1 + free), data_scale=data_scale)
     nfe = len(ts) - 1  # steps
-    alpha, sigma, lam = schedule(sde, ts)
-    h = lam[1:] - lam[:-1]
-    steps = np.arange(nfe)
-    orders = np.minimum(order, steps + 1)
-    if lower_order_final:
-        orders = np.minimum(orders, nfe - steps)
-    r0 = h[np.maximum(steps - 1, 0)] / h
-    r1 = h[np.maximum(steps - 2, 0)] / h
-    phi1 = np.expm1(-h)
-    phi2 = phi1 / h + 1.0
-    phi3 = phi2 / h - 0.5
-    c1 = np.where(orders == 3, phi2, -0.5 * phi1)
+    coeffs = on_device(exponential_coeffs(*schedule(sde, ts), order, lower_order_final))
     t_grid = jnp.asarray(ts)
-    alpha, sigma, r0, r1, phi1, c1, phi3 = (
-        jnp.asarray(v, jnp.float32) for v in (alpha, sigma, r0, r1, phi1, c1, phi3))
-    orders = jnp.asarray(orders)
 
     def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
                return_path: bool = False):
@@ -240,13 +240,7 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
         def step(carry, i):
             x, _, m1, m2 = carry
             m0 = data_prediction(sde, lambda x, t: score_at(x, t, i))(x, full_t(t_grid[i], x))
-            d1_0 = (m0 - m1) / r0[i]
-            d1_1 = (m1 - m2) / r1[i]
-            d1 = jnp.where(orders[i] == 3, d1_0 + r0[i] / (r0[i] + r1[i]) * (d1_0 - d1_1),
-                           jnp.where(orders[i] == 2, d1_0, 0.0))
-            d2 = jnp.where(orders[i] == 3, (d1_0 - d1_1) / (r0[i] + r1[i]), 0.0)
-            x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * (
-                phi1[i] * m0 - c1[i] * d1 + 2.0 * phi3[i] * d2)
+            x = exponential_step(x, m0, m1, m2, jax.tree.map(lambda c: c[i], coeffs))
             x, x_out = proj(x, x, t_grid[i + 1], i + 1)
             return (x, x_out, m0, m1), x_out if return_path else None
 

@@ -51,16 +51,16 @@ import json
 import time
 from typing import Any
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from score_sde import storage
-from score_sde.sampling.common import data_prediction, full_t, prior_sample
+from score_sde.sampling import steps
+from score_sde.sampling.common import full_t, prior_sample
 from score_sde.sampling.grids import get_time_grid
-from score_sde.sampling.ipndm import AB_WEIGHTS, MAX_ORDER
+from score_sde.sampling.ode import solve_flow
 from score_sde.sampling.registry import SAMPLERS, get_sampler
 from score_sde.sde_lib import SDE, ScoreFn
 
@@ -282,24 +282,19 @@ def _teacher(sde: SDE, score_fn: ScoreFn, shape, rng, times: np.ndarray, rtol: f
     """States x_p (P, B, D) of the adaptive probability-flow solve at `times`, their data
     predictions m_p (P, B, D) (float64 numpy) and the solve's score calls."""
     ts = jnp.asarray(times, jnp.float32)
-    x0_hat = data_prediction(sde, score_fn)
+    x0_hat = steps.data_prediction(sde, score_fn)
 
     @jax.jit
     def solve(rng):
         x_T, _ = prior_sample(sde, rng, shape)
-        rsde = sde.reverse(score_fn, probability_flow=True)
-        term = diffrax.ODETerm(lambda t, y, args: rsde.sde(y, full_t(t, y))[0])
-        sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), ts[0], ts[-1], dt0=None, y0=x_T,
-                                  saveat=diffrax.SaveAt(ts=ts),
-                                  stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-                                  max_steps=16384, throw=False)
-        ys = sol.ys.at[0].set(x_T)
+        _, nfe, ys = solve_flow(sde, score_fn, x_T, ts[0], ts[-1], rtol=rtol, atol=atol,
+                                save_ts=ts)
+        ys = ys.at[0].set(x_T)
         ms = jax.lax.map(lambda a: x0_hat(a[0], full_t(a[1], a[0])), (ys, ts))
-        ok = sol.result == diffrax.RESULTS.successful
-        return ys, ms, 1 + 6 * sol.stats["num_steps"], ok
+        return ys, ms, nfe, jnp.all(jnp.isfinite(ys))
 
     ys, ms, nfe, ok = jax.device_get(solve(rng))
-    if not ok or not np.all(np.isfinite(ys)):
+    if not ok:
         raise FloatingPointError("optimize_grid: the teacher solve failed (max_steps reached or "
                                  "NaN); check the score function, or loosen rtol / atol")
     flat = lambda a: np.asarray(a, np.float64).reshape(len(times), shape[0], -1)
@@ -331,17 +326,15 @@ class _LocalCosts:
         sq = sum(cu * cv * self.gram[iu, iv] for cu, iu in terms for cv, iv in terms)
         return np.sqrt(np.maximum(sq, 0.0) * self.weight[j])
 
-    def _step(self, i, j):
-        h = self.lam[j] - self.lam[i]
-        return self.sigma[j] / self.sigma[i], -self.alpha[j] * np.expm1(-h), h
-
     def first(self) -> np.ndarray:
         """(P, P): cost of the order-1 step i -> j (inf unless i < j); DDIM, which is also
         iPNDM's first-order step (Euler in y and rho)."""
         i, j = np.triu_indices(self.n_points, 1)
-        a, b, _ = self._step(i, j)
+        c = self._exponential(np.stack([i, j]), order=1)
+        terms = _linear_terms(lambda x, m: steps.exponential_step(x, m, 0.0, 0.0, c),
+                              [2 * i, 2 * i + 1])
         cost = np.full((self.n_points,) * 2, np.inf)
-        cost[i, j] = self._error([(a, 2 * i), (b, 2 * i + 1), (-1.0, 2 * j)], j)
+        cost[i, j] = self._error(terms + [(-1.0, 2 * j)], j)
         return cost
 
     def second(self) -> np.ndarray:
@@ -350,24 +343,41 @@ class _LocalCosts:
         k, i, j = np.meshgrid(*(np.arange(p),) * 3, indexing="ij")
         keep = (k < i) & (i < j)
         k, i, j = k[keep], i[keep], j[keep]
-        terms = self._ipndm_terms(k, i, j) if self.kind == "ipndm" else self._dpm_terms(k, i, j)
+        if self.kind == "ipndm":
+            terms = self._adams_bashforth_terms(k, i, j)
+        else:  # DPM-Solver++(2M) from (x_i, m_i, m_k)
+            c = self._exponential(np.stack([k, i, j]), order=2)
+            terms = _linear_terms(lambda x, m, m_prev: steps.exponential_step(x, m, m_prev, 0.0, c),
+                                  [2 * i, 2 * i + 1, 2 * k + 1])
         cost = np.full((p, p, p), np.inf)
         cost[k, i, j] = self._error(terms + [(-1.0, 2 * j)], j)
         return cost
 
-    def _dpm_terms(self, k, i, j):
-        """DPM-Solver++(2M): x_j = a x_i + b (m_i + (m_i - m_k) / (2 r)), r = h_prev / h."""
-        a, b, h = self._step(i, j)
-        r = (self.lam[i] - self.lam[k]) / h
-        return [(a, 2 * i), (b * (1 + 0.5 / r), 2 * i + 1), (-b * 0.5 / r, 2 * k + 1)]
+    def _exponential(self, points: np.ndarray, order: int) -> steps.ExponentialCoeffs:
+        """The exponential-integrator coefficients of the last step of each grid (columns of
+        the fine-grid indices `points`, (n + 1, T)) at `order`."""
+        c = steps.exponential_coeffs(self.alpha[points], self.sigma[points], self.lam[points],
+                                     order)
+        return steps.ExponentialCoeffs(*(v[-1] for v in c))._replace(order=order)
 
-    def _ipndm_terms(self, k, i, j):
-        """iPNDM's AB2 step: x_j = alpha_j (y_i + (rho_j - rho_i)(3 eps_i - eps_k) / 2), with
-        y = x / alpha, rho = sigma / alpha and eps_p = (x_p - alpha_p m_p) / sigma_p."""
-        al, si = self.alpha, self.sigma
-        d = al[j] * (si[j] / al[j] - si[i] / al[i])
-        return [(al[j] / al[i] + 1.5 * d / si[i], 2 * i), (-1.5 * d * al[i] / si[i], 2 * i + 1),
-                (-0.5 * d / si[k], 2 * k), (0.5 * d * al[k] / si[k], 2 * k + 1)]
+    def _adams_bashforth_terms(self, k, i, j) -> list[tuple[np.ndarray, np.ndarray]]:
+        """iPNDM's second-order step i -> j after k: w_x x_i + w_i eps_i + w_k eps_k, with each
+        noise prediction eps_p = (x_p - alpha_p m_p) / sigma_p in the stored vectors."""
+        points = np.stack([k, i, j])
+        w_x, w_eps = steps.adams_bashforth_weights(self.alpha[points], self.sigma[points], 2)
+        terms = [(w_x[-1], 2 * i)]
+        for w, p in ((w_eps[-1, :, 0], i), (w_eps[-1, :, 1], k)):
+            eps = _linear_terms(lambda x, m, p=p: steps.noise_from_data(
+                x, m, self.alpha[p], self.sigma[p]), [2 * p, 2 * p + 1])
+            terms += [(w * coeff, idx) for coeff, idx in eps]
+        return terms
+
+
+def _linear_terms(step, indices: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(coefficient, vector index) of each input of `step`, a map linear in its inputs (with
+    array coefficients over the cost's steps): its value on each unit input."""
+    basis = np.eye(len(indices))
+    return [(np.asarray(step(*basis[u]), np.float64), idx) for u, idx in enumerate(indices)]
 
 
 def shortest_path(costs: _LocalCosts, n_steps: int, order: int,
@@ -424,7 +434,7 @@ class _ProxyLoss:
 
     def __init__(self, sde: SDE, score_fn: ScoreFn, x_T, target, kind: str, order: int):
         self.sde, self.score_fn, self.kind, self.order = sde, score_fn, kind, order
-        self.x0_hat = data_prediction(sde, score_fn)
+        self.x0_hat = steps.data_prediction(sde, score_fn)
         self.x_T, self.target = x_T, target
         self.lam_T = float(sde.log_snr(jnp.asarray([sde.T], jnp.float32))[0])
         self._loss = jax.jit(lambda ts: self.loss(ts, self.x_T, self.target))
@@ -438,45 +448,33 @@ class _ProxyLoss:
         return jnp.mean((x - target) ** 2)
 
     def _dpm(self, ts: jax.Array, x: jax.Array) -> jax.Array:
-        n = ts.shape[0] - 1
+        """DDIM or DPM-Solver++(2M) as sampling/fast.py runs it (first and last steps at
+        order 1)."""
         alpha, sigma = self.sde.marginal_coeffs(ts)
-        lam = jnp.log(alpha) - jnp.log(sigma)
-        h = lam[1:] - lam[:-1]
-        steps = jnp.arange(n)
-        second = (steps > 0) & (steps < n - 1) & (self.order == 2)
-        r = h[jnp.maximum(steps - 1, 0)] / h
+        coeffs = steps.exponential_coeffs(alpha, sigma, jnp.log(alpha) - jnp.log(sigma),
+                                          self.order, lower_order_final=True)
 
         def step(carry, i):
             x, m_prev = carry
             m = self.x0_hat(x, full_t(ts[i], x))
-            d = jnp.where(second[i], (m - m_prev) / (2.0 * r[i]), 0.0)
-            x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * jnp.expm1(-h[i]) * (m + d)
+            x = steps.exponential_step(x, m, m_prev, 0.0, jax.tree.map(lambda c: c[i], coeffs))
             return (x, m), None
 
-        (x, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x)), steps)
+        (x, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x)), jnp.arange(ts.shape[0] - 1))
         return x
 
     def _ipndm(self, ts: jax.Array, x: jax.Array) -> jax.Array:
-        """iPNDM as sampling/ipndm.py runs it (equal-step Adams-Bashforth weights)."""
-        n = ts.shape[0] - 1
+        """iPNDM as sampling/ipndm.py runs it."""
         alpha, sigma = self.sde.marginal_coeffs(ts)
-        rho = sigma / alpha
-        weights = np.zeros((n, MAX_ORDER), np.float32)
-        for i in range(n):
-            c = AB_WEIGHTS[min(self.order, i + 1)]
-            weights[i, :len(c)] = c
-        weights = jnp.asarray(weights)
+        w_x, w_eps = steps.adams_bashforth_weights(alpha, sigma, self.order)
 
         def step(carry, i):
             x, history = carry
             eps_hat = -sigma[i] * self.score_fn(x, full_t(ts[i], x))
-            history = jnp.concatenate([eps_hat[None], history[:-1]])
-            drift = jnp.tensordot(weights[i], history, axes=1)
-            x = alpha[i + 1] / alpha[i] * x + alpha[i + 1] * (rho[i + 1] - rho[i]) * drift
-            return (x, history), None
+            return steps.adams_bashforth_step(x, eps_hat, history, w_x[i], w_eps[i]), None
 
-        history = jnp.zeros((MAX_ORDER, *x.shape), x.dtype)
-        (x, _), _ = jax.lax.scan(step, (x, history), jnp.arange(n))
+        history = jnp.zeros((steps.MAX_ORDER, *x.shape), x.dtype)
+        (x, _), _ = jax.lax.scan(step, (x, history), jnp.arange(ts.shape[0] - 1))
         return x
 
     def _times(self, logits: jax.Array, t_end: jax.Array) -> jax.Array:

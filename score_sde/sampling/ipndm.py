@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from score_sde.sampling.common import (
     Project,
@@ -29,23 +28,13 @@ from score_sde.sampling.common import (
     with_path,
 )
 from score_sde.sampling.registry import register_sampler
+from score_sde.sampling.steps import (
+    AB_WEIGHTS,
+    MAX_ORDER,
+    adams_bashforth_step,
+    adams_bashforth_weights,
+)
 from score_sde.sde_lib import SDE
-
-MAX_ORDER = 4
-AB_WEIGHTS = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12],
-              4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
-
-
-def ipndm_weights(alpha: np.ndarray, sigma: np.ndarray, order: int) -> tuple[np.ndarray, ...]:
-    """Per step: the weight of x_i (alpha_{i+1} / alpha_i) and of (eps_i, ..., eps_{i-3}),
-    alpha_{i+1} (rho_{i+1} - rho_i) c_pj at order p = min(order, i + 1); (n,), (n, 4)."""
-    rho = sigma / alpha
-    n = len(rho) - 1
-    w_eps = np.zeros((n, MAX_ORDER))
-    for i in range(n):
-        c = AB_WEIGHTS[min(order, i + 1)]
-        w_eps[i, :len(c)] = alpha[i + 1] * (rho[i + 1] - rho[i]) * np.asarray(c)
-    return alpha[1:] / alpha[:-1], w_eps
 
 
 @register_sampler("ipndm", merges=True, fields={"ts": None})
@@ -55,12 +44,9 @@ def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
                   ts=None, eps: float = 1e-3, sharding=None):
     """iPNDM (module docstring): nfe steps of order up to `order` (1-4), one score call each.
 
-    order 3 by default. The default grid is not uniform in rho, and there the equal-step
-    weights of order 4 did worse in benchmarks/sampler_accuracy.py's transfer study (5
-    exact-mixture problems x 7 SDEs x NFE 5-20): its FD error was over twice order 3's in 48 of
-    the 105 cells at 5-8 NFE (up to 6x), and never the reverse. On the VP digits model it gave
-    2.3x the FD at 5 NFE (54.1 against 23.1). Order 4 was ahead only on the EDM digits model,
-    by 3-12% in 5 of 6 cells, and in rms at 15-20 NFE (benchmarks/README.md, "iPNDM's order").
+    order 3 by default: the default grid is not uniform in rho, and there the equal-step
+    weights of order 4 are the less accurate at few NFE (measured in benchmarks/README.md,
+    "iPNDM's order").
 
     analytic_first_step: the first noise prediction is that of Gaussian data
     N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take nfe + 1 steps.
@@ -74,7 +60,8 @@ def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
                        min_steps=max(order, 1 + free), data_scale=data_scale)
     n = len(times) - 1
     alpha, sigma, _ = schedule(sde, times)
-    w_x, w_eps = (jnp.asarray(w, jnp.float32) for w in ipndm_weights(alpha, sigma, order))
+    w_x, w_eps = (jnp.asarray(w, jnp.float32)
+                  for w in adams_bashforth_weights(alpha, sigma, order))
     sigma, t_grid = jnp.asarray(sigma, jnp.float32), jnp.asarray(times)
 
     def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
@@ -87,8 +74,7 @@ def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
         def step(carry, i):
             x, _, history = carry
             eps_hat = -sigma[i] * score_at(x, full_t(t_grid[i], x), i)
-            history = jnp.concatenate([eps_hat[None], history[:-1]])
-            x = w_x[i] * x + jnp.tensordot(w_eps[i], history, axes=1)
+            x, history = adams_bashforth_step(x, eps_hat, history, w_x[i], w_eps[i])
             x, x_out = proj(x, x, t_grid[i + 1], i + 1)
             return (x, x_out, history), x_out if return_path else None
 

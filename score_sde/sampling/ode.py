@@ -10,13 +10,13 @@ import numpy as np
 
 from score_sde.registry import Registry
 from score_sde.sampling.common import (
-    data_prediction,
     full_t,
     initial_state,
     step_times,
     with_path,
 )
 from score_sde.sampling.registry import register_sampler
+from score_sde.sampling.steps import data_prediction
 from score_sde.sde_lib import SDE, ScoreFn
 
 

@@ -27,7 +27,6 @@ import numpy as np
 
 from score_sde.sampling.common import (
     Project,
-    data_prediction,
     free_steps,
     full_t,
     gaussian_score,
@@ -38,6 +37,7 @@ from score_sde.sampling.common import (
     with_path,
 )
 from score_sde.sampling.registry import register_sampler
+from score_sde.sampling.steps import data_prediction, exponential_coeffs
 from score_sde.sde_lib import SDE
 
 VARIANTS = ("bh1", "bh2")
@@ -77,14 +77,14 @@ def unipc_weights(alpha: np.ndarray, sigma: np.ndarray, lam: np.ndarray, orders:
     """Per step: the weight of x_i, the predictor's weights of (m_i, m_{i-1}, m_{i-2}) and the
     corrector's of (m_i, m_{i-1}, m_{i-2}, m_{i+1}); arrays (n,), (n, 3), (n, 4)."""
     n = len(orders)
-    w_x = sigma[1:] / sigma[:-1]
+    ddim = exponential_coeffs(alpha, sigma, lam)  # the first-order (DDIM) part of every step
     w_p, w_c = np.zeros((n, HISTORY)), np.zeros((n, HISTORY + 1))
     for i, p in enumerate(orders):
         h = lam[i + 1] - lam[i]
         r = (lam[i - np.arange(1, p)] - lam[i]) / h
         rho_p, rho_c, b_h = _rhos(r, h, variant)
         a = alpha[i + 1]
-        base = -a * math.expm1(-h)
+        base = -a * ddim.phi1[i]
         # -a B sum_k rho_k (m_k - m_0) / r_k: weight -a B rho_k / r_k on m_k, minus that on m_0
         past_p, past_c = -a * b_h * rho_p / r, -a * b_h * rho_c[:-1] / r
         new = -a * b_h * rho_c[-1]
@@ -93,7 +93,7 @@ def unipc_weights(alpha: np.ndarray, sigma: np.ndarray, lam: np.ndarray, orders:
         w_c[i, 1:p] = past_c
         w_c[i, HISTORY] = new
         w_c[i, 0] = base - past_c.sum() - new
-    return w_x, w_p, w_c
+    return ddim.w_x, w_p, w_c
 
 
 @register_sampler("unipc", merges=True, fields={"ts": None})
