@@ -6,8 +6,8 @@ serves VP, sub-VP and VE: DDIM (Song, Meng & Ermon 2021), EDM's Heun sampler (Ka
 An optional `project(rng, x, x_mean, t)` acts on the prior draw and after every step; the
 sample is then the noise-free x_mean of the last projection.
 
-Default time grids transfer across SDEs and data scales (benchmarks/README.md "Grids that
-transfer": VP, sub-VP, VE with sigma_max 50 to 1348, EDM; five problems of spread 0.08 to 43;
+Default time grids transfer across SDEs and data scales (benchmarks/pages/grids_transfer.md:
+VP, sub-VP, VE with sigma_max 50 to 1348, EDM; five problems of spread 0.08 to 43;
 NFE 5-20): VP's tuned grids carried to every SDE through the noise level relative to the
 data's spread, sigma / (alpha data_scale), DDIM and Heun 'vp_uniform', DPM-Solver++
 'vp_quadratic'. data_scale (1: unit-scale data) comes from the caller, or from an image
@@ -105,7 +105,7 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35,
     EDM's w would exceed 1, an extrapolation past D'), the trapezoid on D, w = (1 - r) / 2
     (second order, DPM-Solver-2 with its midpoint at the step's end), and EDM's step on the
     others. On exact mixtures this beat both pure forms at 9-19 NFE (2-D VP, 19 NFE: FD error
-    0.0005 against 0.032 and 0.009; benchmarks/README.md, "Heun's step").
+    0.0005 against 0.032 and 0.009; benchmarks/pages/heun_step.md).
     `ts` (decreasing times in [eps, T]) overrides grid and nfe: its len(ts) = n points are the
     grid (nfe = 2 n - 1), and the path has n + 1 states (the last at sigma_edm = 0).
     """
@@ -204,8 +204,8 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
     term). The first steps use the history they have; lower_order_final takes the last steps at
     lower order (steadier at few NFE). analytic_first_step: the first data prediction is that
     of Gaussian data N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take
-    nfe + 1 steps (benchmarks/README.md: a large gain at 5 NFE). `ts` (decreasing times in
-    [eps, T]) overrides grid and nfe; order p needs p steps.
+    nfe + 1 steps (benchmarks/pages/analytic_first_step.md: a large gain at 5 NFE). `ts`
+    (decreasing times in [eps, T]) overrides grid and nfe; order p needs p steps.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"dpm_solver++: order must be 1, 2 or 3, got {order}")

@@ -56,11 +56,11 @@ def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
     """iPNDM (module docstring): nfe steps of order up to `order` (1-4), one score call each.
 
     order 3 by default. The default grid is not uniform in rho, and there the equal-step
-    weights of order 4 did worse in benchmarks/sampler_accuracy.py's transfer study (5
+    weights of order 4 did worse in benchmarks/grids_transfer.py's transfer study (5
     exact-mixture problems x 7 SDEs x NFE 5-20): its FD error was over twice order 3's in 48 of
     the 105 cells at 5-8 NFE (up to 6x), and never the reverse. On the VP digits model it gave
     2.3x the FD at 5 NFE (54.1 against 23.1). Order 4 was ahead only on the EDM digits model,
-    by 3-12% in 5 of 6 cells, and in rms at 15-20 NFE (benchmarks/README.md, "iPNDM's order").
+    by 3-12% in 5 of 6 cells, and in rms at 15-20 NFE (benchmarks/pages/ipndm_order.md).
 
     analytic_first_step: the first noise prediction is that of Gaussian data
     N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take nfe + 1 steps.
