@@ -11,9 +11,10 @@ pipeline of every model) for a fixed number of steps, in variants:
   real100    all 1,437 training digits (for reference)
 
 Each over --seeds seeds (initialisation and batch order); the test accuracy is measured on the
-360 test digits of `digits_split()`. Writes results/<tag>.json and .md, and each classifier's
-weights to results/<tag>/<variant>_seed<s>.msgpack (new files: the shipped metric weights stay
-as they are). The samples come from a class-conditional model trained on the same 10%:
+360 test digits of `digits_split()`. Writes benchmarks/results/<tag>.json and .md, and each
+classifier's weights to benchmarks/results/<tag>/<variant>_seed<s>.msgpack (new files: the
+shipped metric weights stay as they are). The samples come from a class-conditional model
+trained on the same 10%:
 
     python -m score_sde.main --config configs/digits_cond.py --workdir runs/cond10 --mode train \\
         --config.data.subset_fraction=0.1 --config.training.n_iters=2001

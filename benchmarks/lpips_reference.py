@@ -16,7 +16,7 @@ same random images:
   cost       CPU seconds (process time) of LPIPS's value and gradient per image pair at 224
 
 Tolerance: max relative difference 1e-4 (float32, 13 convolutions deep); the script exits 1 past
-it. Results: results/lpips_reference.json.
+it. Results: benchmarks/results/lpips_reference.json.
 
     pip install --no-deps lpips      # torch (CPU) and torchvision must be importable
     nice -n 10 python benchmarks/lpips_reference.py

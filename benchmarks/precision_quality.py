@@ -1,14 +1,14 @@
 """Does bf16 compute train as well as fp32? Short digits trainings per precision and seed.
 
     python benchmarks/precision_quality.py --steps 600 --seeds 0 1 --fd_samples 512 \
-        --json results/precision_quality.json
+        --json benchmarks/results/precision_quality.json
 
 Trains the embedded default (configs/digits.py: small U-Net, VP SDE, batch 64) with
 `losses.get_step_fn` on the digits train split scaled to [-1, 1], once per precision and seed,
 and reports the mean training loss of the final 100 steps; optionally the digits Frechet
 distance of samples drawn with DPM-Solver++ (20 NFE). Samples come from the raw parameters, as
-in results/precision_quality.json (measured before the digits configs had the EMA warm-up, when
-a 600-step EMA still held 0.999**600 = 55% of the initialisation).
+in benchmarks/results/precision_quality.json (measured before the digits configs had the EMA
+warm-up, when a 600-step EMA still held 0.999**600 = 55% of the initialisation).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Published few-step solvers beside ours, fed the same exact score (issue 17, item 6).
 
 Every solver starts from the same prior draws x_T as our samplers (prior_sample with the same
-rng) and sees the same closed-form score of the benchmark's data (sampler_accuracy.py's
+rng) and sees the same closed-form score of the benchmark's data (sampler_core.py's
 problems), so the only difference is the solver and its time grid. Error, as in the transfer
 study: FD(solver, ref) - FD(our adaptive ODE from the same x_T, ref), mean ± std over seeds.
 
@@ -37,9 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sampler_accuracy as sa  # noqa: E402  (the problems, SDEs and distances)
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, too
+from benchmarks import sampler_core as sa  # noqa: E402  (the problems, SDEs and distances)
 from score_sde import analytic, sde_lib  # noqa: E402
 from score_sde.sampling.common import prior_sample  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Training and forward throughput of a config's score network, with XLA's FLOP count.
 
     python benchmarks/throughput.py --config configs/vp/cifar10_ddpmpp_continuous.py \
-        --batch 128 --precision fp32 bf16 --json results/throughput.json
+        --batch 128 --precision fp32 bf16 --json benchmarks/results/throughput.json
 
 Training images/s cover the whole jitted step (forward, backward, optimizer, EMA) with the
 state donated, as in `score_sde.train`; forward images/s is one network evaluation as a sampler

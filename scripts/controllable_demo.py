@@ -2,7 +2,7 @@
 
 Trains the class-conditional digits model of configs/digits_cond.py with the driver (resumes
 when the workdir already has checkpoints), then writes under --workdir (default
-results/controllable_demo):
+benchmarks/results/controllable_demo):
 
   cfg_w<w>.png        one row per class 0..9, classifier-free guidance weight w
   cfg_accuracy.json   fraction of samples the digits classifier assigns to the requested class
@@ -75,7 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3000, help="multiple of 100")
     ap.add_argument("--nf", type=int, default=16, help="U-Net width (32 = configs/digits.py)")
-    ap.add_argument("--workdir", default="results/controllable_demo")
+    ap.add_argument("--workdir", default="benchmarks/results/controllable_demo")
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 3.0, 6.0])
     ap.add_argument("--per_class", type=int, default=20)
     args = ap.parse_args()

@@ -3,8 +3,8 @@ converter from the PyTorch files, the one-line errors, and 'lpips' as the CD dis
 
 All with randomly generated weights in the file layout (the real ones cannot be shipped);
 agreement with the reference package on its real lin weights is benchmarks/lpips_reference.py
-(results/lpips_reference.json). Fast tests use 16 x 16 images without resizing (VGG16's
-smallest input with a relu5_3 map); the CD step at the published 224 x 224 is slow.
+(benchmarks/results/lpips_reference.json). Fast tests use 16 x 16 images without resizing
+(VGG16's smallest input with a relu5_3 map); the CD step at the published 224 x 224 is slow.
 """
 
 from __future__ import annotations

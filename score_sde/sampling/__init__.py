@@ -140,8 +140,8 @@ def class_labels_from_config(config, n: int,
 # With config.sampling.data_noise_range = True, the samplers that, when
 # config.sampling.sigma_range is unset, take the noise range of the config's image data
 # (grids.image_noise_range), spaced in log-SNR unless config.sampling.grid is set: the best
-# measured with a known range on Gaussian mixtures (benchmarks/README.md "Grids that
-# transfer"). Off by default: on the trained digits VP model it was worse at every NFE
+# measured with a known range on Gaussian mixtures (benchmarks/pages/grids_transfer.md).
+# Off by default: on the trained digits VP model it was worse at every NFE
 # (DPM-Solver++ 10 NFE digits FD 8.49 against 6.80 on its default grid; adaptive ODE 6.45;
 # benchmarks/results/digits_grids_vp_defaults.json).
 DATA_RANGE_SAMPLERS = ("dpm_solver++", "ipndm")

@@ -27,7 +27,7 @@ from score_sde.sde_lib import SDE
 # iCT's two-step level (Song & Dhariwal 2023, CIFAR-10): a noise level in the units of data
 # scaled to [-1, 1], the range every dataset of this framework is centred to, so it means the
 # same re-noising (coarse layout kept, detail redrawn) on any of them and on any SDE (levels are
-# sigma / alpha). On digits 0.4 and 0.821 give the same FD and the old default 2.5 is 1.5x worse.
+# sigma / alpha); compared with other levels on digits in benchmarks/pages/consistency_digits.md.
 TWO_STEP_SIGMA = 0.821
 
 

@@ -6,11 +6,9 @@ serves VP, sub-VP and VE: DDIM (Song, Meng & Ermon 2021), EDM's Heun sampler (Ka
 An optional `project(rng, x, x_mean, t)` acts on the prior draw and after every step; the
 sample is then the noise-free x_mean of the last projection.
 
-Default time grids transfer across SDEs and data scales (benchmarks/README.md "Grids that
-transfer": VP, sub-VP, VE with sigma_max 50 to 1348, EDM; five problems of spread 0.08 to 43;
-NFE 5-20): VP's tuned grids carried to every SDE through the noise level relative to the
-data's spread, sigma / (alpha data_scale), DDIM and Heun 'vp_uniform', DPM-Solver++
-'vp_quadratic'. data_scale (1: unit-scale data) comes from the caller, or from an image
+Default time grids transfer across SDEs and data scales (benchmarks/pages/grids_transfer.md):
+VP's tuned grids carried to every SDE through the noise level relative to the data's spread,
+sigma / (alpha data_scale), DDIM and Heun 'vp_uniform', DPM-Solver++ 'vp_quadratic'. data_scale (1: unit-scale data) comes from the caller, or from an image
 config's value range through get_sampler_from_config.
 """
 
@@ -113,8 +111,8 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35,
     off. exponential=True (default) takes, on the steps with r < EDM_MIN_RATIO = 1/3 (where
     EDM's w would exceed 1, an extrapolation past D'), the trapezoid on D, w = (1 - r) / 2
     (second order, DPM-Solver-2 with its midpoint at the step's end), and EDM's step on the
-    others (steps.heun_step; measured against both pure forms in benchmarks/README.md,
-    "Heun's step").
+    others (steps.heun_step; measured against both pure forms in
+    benchmarks/pages/heun_step.md).
     `ts` (decreasing times in [eps, T]) overrides grid and nfe: its len(ts) = n points are the
     grid (nfe = 2 n - 1), and the path has n + 1 states (the last at sigma_edm = 0).
     """
@@ -218,7 +216,7 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
     The first steps use the history they have; lower_order_final takes the last steps at
     lower order (steadier at few NFE). analytic_first_step: the first data prediction is that
     of Gaussian data N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take
-    nfe + 1 steps (benchmarks/README.md, "Analytic first step"). `ts` (decreasing times in
+    nfe + 1 steps (benchmarks/pages/analytic_first_step.md). `ts` (decreasing times in
     [eps, T]) overrides grid and nfe; order p needs p steps.
     """
     if order not in (1, 2, 3):

@@ -12,7 +12,8 @@ data s times wider has every point at s times the noise (where the SDE reaches i
 `sigma_range=(lo, hi)` (noise levels sigma / alpha) spends the steps where the data changes:
 the named spacing covers [lo, hi], and one step each spans T -> hi and lo -> eps (those ends
 that the SDE reaches). A good range is about half the data's smallest standard deviation to
-twice its diameter; DPM-Solver++ gains most from it at low NFE (benchmarks/README.md).
+twice its diameter; DPM-Solver++ gains most from it at low NFE
+(benchmarks/pages/sampler_accuracy.md).
 
 'file:PATH' reads a grid written by `--mode optimize_grid` (score_sde.sampling.grid_files):
 it must have been made for this SDE, eps and number of steps.

@@ -45,8 +45,7 @@ def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
     """iPNDM (module docstring): nfe steps of order up to `order` (1-4), one score call each.
 
     order 3 by default: the default grid is not uniform in rho, and there the equal-step
-    weights of order 4 are the less accurate at few NFE (measured in benchmarks/README.md,
-    "iPNDM's order").
+    weights of order 4 are the less accurate at few NFE (benchmarks/pages/ipndm_order.md).
 
     analytic_first_step: the first noise prediction is that of Gaussian data
     N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take nfe + 1 steps.

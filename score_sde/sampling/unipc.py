@@ -109,9 +109,8 @@ def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
     N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take nfe + 1 steps.
     `ts` (decreasing times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1 (- 1 with
     analytic_first_step).
-    Defaults: order 2 with bh2 had the lowest error against the converged ODE at 5-8 NFE on a
-    2-D Gaussian mixture for VP, sub-VP, VE and EDM on both the 'quadratic' and 'logsnr' grids
-    (order 3 catches up at 10 NFE; bh1 overshoots on the large log-SNR steps of so few NFE).
+    Defaults: order 2 with bh2, the most accurate at 5-8 NFE across the SDEs (bh1 overshoots
+    on the large log-SNR steps of so few NFE; benchmarks/pages/sampler_accuracy.md).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"unipc: order must be 1, 2 or 3, got {order}")
