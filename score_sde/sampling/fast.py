@@ -8,8 +8,9 @@ sample is then the noise-free x_mean of the last projection.
 
 Default time grids transfer across SDEs and data scales (benchmarks/pages/grids_transfer.md):
 VP's tuned grids carried to every SDE through the noise level relative to the data's spread,
-sigma / (alpha data_scale), DDIM and Heun 'vp_uniform', DPM-Solver++ 'vp_quadratic'. data_scale (1: unit-scale data) comes from the caller, or from an image
-config's value range through get_sampler_from_config.
+sigma / (alpha data_scale), DDIM and Heun 'vp_uniform', DPM-Solver++ 'vp_quadratic'.
+data_scale (1: unit-scale data) comes from the caller, or from an image config's value range
+through get_sampler_from_config.
 """
 
 from __future__ import annotations

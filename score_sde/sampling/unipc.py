@@ -110,7 +110,7 @@ def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
     `ts` (decreasing times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1 (- 1 with
     analytic_first_step).
     Defaults: order 2 with bh2, the most accurate at 5-8 NFE across the SDEs (bh1 overshoots
-    on the large log-SNR steps of so few NFE; benchmarks/pages/sampler_accuracy.md).
+    on the large log-SNR steps of so few NFE; benchmarks/pages/grids_transfer.md).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"unipc: order must be 1, 2 or 3, got {order}")
