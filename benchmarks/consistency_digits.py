@@ -93,15 +93,15 @@ def grads(args) -> list:
     import jax.numpy as jnp
 
     from score_sde import consistency_losses as cl
-    from score_sde import datasets, distillation
+    from score_sde import distillation
+    from score_sde.data import get_data_scaler, get_dataset
     from score_sde.models import consistency as cm
     from score_sde.models import utils as mutils
 
     base = _config("configs/digits_cd.py")
     teacher = distillation.load_teacher(base, args.teacher_workdir)
     params = jax.tree.map(jnp.asarray, teacher.params)
-    x = jnp.asarray(datasets.get_data_scaler(base)(
-        datasets.get_dataset(base, "train").batch(0)["image"]))
+    x = jnp.asarray(get_data_scaler(base)(get_dataset(base, "train").batch(0)["image"]))
     sig = cl.levels_of(base)
     denoiser = cl.edm_denoiser(teacher.sde, mutils.get_denoiser_fn(
         teacher.sde, teacher.model, params, continuous=True))
@@ -135,7 +135,8 @@ def cost(args) -> dict:
     """CPU seconds per step (median over blocks, process time) of the three objectives."""
     import jax.numpy as jnp
 
-    from score_sde import consistency_losses, datasets, distillation, losses, models
+    from score_sde import consistency_losses, distillation, losses, models
+    from score_sde.data import get_data_scaler, get_dataset
 
     teacher_cfg = _config("configs/digits_edm.py")
     cd_cfg, ct_cfg = _config("configs/digits_cd.py"), _config("configs/digits_ct.py")
@@ -148,8 +149,8 @@ def cost(args) -> dict:
         "cd": (cd_cfg, consistency_losses.get_step_fn(cd_cfg, model, opt, teacher.spec())),
         "ct": (ct_cfg, consistency_losses.get_step_fn(ct_cfg, model, opt)),
     }
-    ds = datasets.get_dataset(teacher_cfg, "train")
-    scaler = datasets.get_data_scaler(teacher_cfg)
+    ds = get_dataset(teacher_cfg, "train")
+    scaler = get_data_scaler(teacher_cfg)
     batch = {"image": jnp.asarray(scaler(ds.batch(0)["image"]))}
     result = {}
     for name, (config, step_fn) in fns.items():

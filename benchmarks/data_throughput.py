@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from score_sde import datasets  # noqa: E402
+from score_sde.data import Geometry, ImageFolder, Pipeline  # noqa: E402
 
 # per size: (batch size, images in the folder, batches timed after the first). 20 batches:
 # the CPU time of the batches prefetched before and after the timed span stays a small error.
@@ -81,7 +81,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def grain_mp(ds: datasets.Pipeline, stop: int, workers: int):
+def grain_mp(ds: Pipeline, stop: int, workers: int):
     """pipeline.batch(0..stop-1) through grain's mp_prefetch (the comparison row)."""
     import grain
     from absl import flags
@@ -104,10 +104,10 @@ def spawned_children() -> list[int]:
 
 def measure(files: list[str], size: int, batch: int, steps: int, workers: int,
             grain: bool = False) -> dict:
-    source = datasets.ImageFolder(tuple(files), 3)
-    ds = datasets.Pipeline(source, global_batch=batch, seed=0, shuffle=True,
-                           geometry=datasets.Geometry("crop", size), random_flip=True,
-                           num_threads=8, num_workers=0 if grain else workers)
+    source = ImageFolder(tuple(files), 3)
+    ds = Pipeline(source, global_batch=batch, seed=0, shuffle=True,
+                  geometry=Geometry("crop", size), random_flip=True,
+                  num_threads=8, num_workers=0 if grain else workers)
     t0 = time.perf_counter()
     it = grain_mp(ds, steps + 1, workers) if grain else ds.iterate(0, steps + 1)
     first = next(it)

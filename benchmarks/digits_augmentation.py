@@ -1,7 +1,7 @@
 """Generated digits as training data: a classifier on 10% of the real digits, with and without.
 
 A plain digits classifier (the architecture of the digits metric, `DigitsClassifier`, no
-augmentation) is trained on the batches of `score_sde.datasets.get_dataset` (the training
+augmentation) is trained on the batches of `score_sde.data.get_dataset` (the training
 pipeline of every model) for a fixed number of steps, in variants:
 
   real10     data.subset_fraction=0.1: a class-stratified 10% of the 1,437 training digits
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from configs.digits_cond import get_config  # noqa: E402
-from score_sde import datasets  # noqa: E402
+from score_sde.data import get_dataset  # noqa: E402
 from score_sde.metrics import digits_classifier as dc  # noqa: E402
 
 VARIANTS = {  # name -> (subset_fraction, synthetic_ratio)
@@ -52,8 +52,8 @@ def pipeline(fraction: float, ratio: float, synthetic: str, seed: int, batch: in
     config = get_config()
     config.data.subset_fraction, config.data.subset_seed = fraction, 0
     config.data.synthetic, config.data.synthetic_ratio = (synthetic, ratio) if ratio else ("", 0.0)
-    return datasets.get_dataset(config, "train", batch_size=batch, seed=seed,
-                                process_index=0, process_count=1)
+    return get_dataset(config, "train", batch_size=batch, seed=seed,
+                       process_index=0, process_count=1)
 
 
 def train(ds, steps: int, seed: int, lr: float) -> dict:

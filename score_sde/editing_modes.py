@@ -21,8 +21,9 @@ import numpy as np
 from etils.epath import Path
 
 from score_sde import controllable as C
-from score_sde import datasets, inference, sampling, storage
+from score_sde import inference, sampling, storage
 from score_sde import logging_utils as log
+from score_sde.data import get_data_inverse_scaler, get_data_scaler, get_dataset
 from score_sde.inference import load_classifier_fn  # noqa: F401  (its former home)
 
 MASKS = ("left_half", "right_half", "top_half", "bottom_half", "center", "random")
@@ -83,7 +84,7 @@ def load_images(config, path: str | None = None, n: int = 16) -> tuple[np.ndarra
     """Input images (N, H, W, C) in [0, 1] and labels (N,) (-1 when unknown)."""
     d = config.data
     if path is None:
-        batch = datasets.get_dataset(config, "test", batch_size=n, shuffle=False).batch(0)
+        batch = get_dataset(config, "test", batch_size=n, shuffle=False).batch(0)
         labels = batch.get("label", np.full(n, -1))
         return batch["image"], np.asarray(labels, np.int32)
     p = storage.path(path)
@@ -187,8 +188,8 @@ def _write(workdir, folder: str, name: str, columns: list[np.ndarray], **arrays)
 def _run(config, workdir, images, build, seed: int):
     """Restore the model, run `build(model, shape)` -> fn(rng, score_fn) on the inputs."""
     model = _Model(config, workdir)
-    scaler = datasets.get_data_scaler(config)
-    inverse = datasets.get_data_inverse_scaler(config)
+    scaler = get_data_scaler(config)
+    inverse = get_data_inverse_scaler(config)
     labels = sampling.class_labels_from_config(config, len(images),
                                                every_class_by_default=False)
     w = inference.guidance_scale(config)

@@ -20,8 +20,9 @@ import jax
 import numpy as np
 from etils.epath import Path  # local or gs:// paths alike
 
-from score_sde import checkpoints, datasets, losses, parallel, storage
+from score_sde import checkpoints, losses, parallel, storage
 from score_sde import logging_utils as log
+from score_sde.data import get_data_scaler, get_dataset
 from score_sde.eval_hooks import EVAL_HOOKS, register_eval_hook, sample_files
 from score_sde.inference import Restorer, Sampler, make_eval_call, model_score_fn
 from score_sde.sample_shards import local_rows
@@ -48,9 +49,9 @@ def eval_loss(r: Restorer, state, split: str = "test") -> float:
     """Mean loss of the EMA weights over every full batch of a split."""
     config = r.config
     parallel.check_batch_size(int(config.eval.batch_size), "config.eval.batch_size", r.mesh)
-    ds = datasets.get_dataset(config, split)
+    ds = get_dataset(config, split)
     call = make_eval_call(losses.get_step_fn(config, r.sde, r.model, r.optimizer, train=False),
-                          r.mesh, datasets.get_data_scaler(config))
+                          r.mesh, get_data_scaler(config))
     key = jax.random.PRNGKey(int(config.seed) + 3)
     values = []
     for i, batch in enumerate(log.progress(ds.iterate(), total=ds.num_batches, desc="eval loss")):
@@ -88,13 +89,13 @@ def get_likelihood_call(r: Restorer) -> Callable:
 def bpd_over_split(r: Restorer, state, split: str, repeat: int, call=None) -> np.ndarray:
     """Bits/dim of every example of a split, dequantised with noise of this repeat."""
     config = r.config
-    ds = datasets.get_dataset(config, split, batch_size=int(config.eval.batch_size),
-                              shuffle=False, pad_last=True,
-                              seed=int(np.random.SeedSequence([int(config.seed), 11, repeat])
-                                       .generate_state(1)[0] % 2**31))
+    ds = get_dataset(config, split, batch_size=int(config.eval.batch_size),
+                     shuffle=False, pad_last=True,
+                     seed=int(np.random.SeedSequence([int(config.seed), 11, repeat])
+                              .generate_state(1)[0] % 2**31))
     ds.dequantize = True  # published: bits/dim always on uniformly dequantised data
     call = call or get_likelihood_call(r)
-    scaler = datasets.get_data_scaler(config)
+    scaler = get_data_scaler(config)
     dim = config.data.image_size ** 2 * config.data.num_channels
     key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 4), repeat)
     out = []

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils.epath import Path
 
-from score_sde import checkpoints, controllable, datasets, losses, parallel, sde_lib, storage
+from score_sde import checkpoints, controllable, losses, parallel, sde_lib, storage
+from score_sde.data import get_data_inverse_scaler
 from score_sde.models import consistency
 from score_sde.sampling import class_labels_from_config, get_sampler_from_config
 
@@ -182,7 +183,7 @@ class Sampler:
                                          sharding=parallel.data_sharding(mesh))
         labels = class_labels_from_config(config, self.n)
         scale = guidance_scale(config)
-        inverse = datasets.get_data_inverse_scaler(config)
+        inverse = get_data_inverse_scaler(config)
 
         def run(params, rng):
             x, nfe = sample(rng, sampling_fn(config, sde, model, params, labels, scale))

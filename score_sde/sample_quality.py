@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 from etils.epath import Path  # local or gs:// paths alike
 
-from score_sde import datasets, storage
 from score_sde import logging_utils as log
+from score_sde import storage
+from score_sde.data import get_data_inverse_scaler, get_dataset
 from score_sde.eval_hooks import register_eval_hook, sample_files
 from score_sde.metrics import stats
 
@@ -34,8 +35,8 @@ def _inception_weights(config) -> str:
 
 def _images01(config, split: str):
     """The split's images in [0, 1], one batch at a time (this host's share)."""
-    inverse = datasets.get_data_inverse_scaler(config)
-    pipeline = datasets.get_dataset(config, split, shuffle=False, pad_last=True)
+    inverse = get_data_inverse_scaler(config)
+    pipeline = get_dataset(config, split, shuffle=False, pad_last=True)
     for batch in pipeline.iterate():
         images = np.asarray(batch["image"])[np.asarray(batch["mask"], bool)]
         yield np.clip(np.asarray(inverse(images)), 0.0, 1.0)

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils.epath import Path
 
-from score_sde import datasets, parallel, storage
+from score_sde import parallel, storage
+from score_sde.data import get_data_inverse_scaler
 from score_sde.inference import guidance_scale, sampling_fn
 from score_sde.sampling import class_labels_from_config, get_sampler_from_config
 
@@ -64,7 +65,7 @@ class IndexedSampler:
         sample = get_sampler_from_config(config, sde, (1, d.image_size, d.image_size,
                                                        d.num_channels), eps)
         table = label_table(config)
-        scale, inverse = guidance_scale(config), datasets.get_data_inverse_scaler(config)
+        scale, inverse = guidance_scale(config), get_data_inverse_scaler(config)
         key = jax.random.PRNGKey(int(config.seed) + NOISE_STREAM)
 
         def one(params, index):

@@ -32,7 +32,6 @@ from jax.experimental import multihost_utils
 from score_sde import (
     checkpoints,
     consistency_losses,
-    datasets,
     distillation,
     losses,
     parallel,
@@ -42,6 +41,7 @@ from score_sde import (
     sde_lib,
     training_state,
 )
+from score_sde import data as datasets
 from score_sde import logging_utils as log
 from score_sde.inference import Sampler, make_eval_call
 from score_sde.models import consistency as consistency_models

@@ -11,8 +11,9 @@ from __future__ import annotations
 import jax
 from etils.epath import Path
 
-from score_sde import checkpoints, classifier_training, datasets, losses, sde_lib, storage
+from score_sde import checkpoints, classifier_training, losses, sde_lib, storage
 from score_sde import logging_utils as log
+from score_sde.data import get_data_scaler, get_dataset
 
 
 def train(config, workdir: str | Path) -> object:
@@ -28,7 +29,7 @@ def train(config, workdir: str | Path) -> object:
     optimizer = losses.get_optimizer(config)
     step_fn = jax.jit(classifier_training.get_classifier_step_fn(
         config, sde, model, optimizer, eps=float(get("eps", 1e-5))))
-    scaler = datasets.get_data_scaler(config)
+    scaler = get_data_scaler(config)
     ckpts = checkpoints.Checkpoints(storage.path(workdir) / "classifier", async_save=False)
     state = jax.jit(lambda r: classifier_training.init_classifier_state(r, config, optimizer))(
         jax.random.PRNGKey(int(config.seed) + 7))
@@ -36,7 +37,7 @@ def train(config, workdir: str | Path) -> object:
     step = int(state.step)
     log.say(f"Training {config.classifier.name} for {n_iters} steps"
             + (f", resuming at {resumed}" if resumed is not None else ""))
-    data = datasets.get_dataset(config, "train", batch_size=batch_size).iterate(start=step)
+    data = get_dataset(config, "train", batch_size=batch_size).iterate(start=step)
     try:
         while step < n_iters:
             batch = next(data)

@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from configs.digits_cond import get_config  # noqa: E402
 from score_sde import controllable as C  # noqa: E402
-from score_sde import datasets, editing_modes, sde_lib, train  # noqa: E402
+from score_sde import editing_modes, sde_lib, train  # noqa: E402
 from score_sde import logging_utils as log  # noqa: E402
+from score_sde.data import get_data_inverse_scaler  # noqa: E402
 from score_sde.metrics import digits_classifier as dc  # noqa: E402
 from score_sde.models import get_model  # noqa: E402
 from score_sde.sampling import get_sampler  # noqa: E402
@@ -60,7 +61,7 @@ def cfg_samples(config, params, w: float, per_class: int, seed: int = 0) -> np.n
     labels = jnp.repeat(jnp.arange(10), per_class)
     sample = get_sampler("pc", sde, (n, 8, 8, 1), predictor="reverse_diffusion",
                          corrector="none", n_steps=500, eps=eps)
-    inverse = datasets.get_data_inverse_scaler(config)
+    inverse = get_data_inverse_scaler(config)
 
     @jax.jit
     def run(params, rng):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from score_sde import datasets
+from score_sde import data
 from tests import driver_configs
 
 
@@ -21,12 +21,12 @@ def config():
 
 
 def _pipeline(config, split="train", **kw):
-    return datasets.get_dataset(config, split, process_index=kw.pop("process_index", 0),
-                                process_count=kw.pop("process_count", 1), **kw)
+    return data.get_dataset(config, split, process_index=kw.pop("process_index", 0),
+                            process_count=kw.pop("process_count", 1), **kw)
 
 
 def test_digits_split_matches_the_metrics_split(config):
-    train, test = datasets.get_source(config, "train"), datasets.get_source(config, "test")
+    train, test = data.get_source(config, "train"), data.get_source(config, "test")
     assert (len(train), len(test)) == (1437, 360)
     from score_sde.metrics.digits_classifier import digits_split
 
@@ -38,13 +38,58 @@ def test_digits_split_matches_the_metrics_split(config):
     assert batch["label"].dtype == np.int32
 
 
+def test_the_digits_split_is_written_once():
+    """The metric's split is the data package's, and the training images are its pixels x 16."""
+    from score_sde.data import digits
+    from score_sde.metrics import digits_classifier
+
+    assert digits_classifier.digits_split is digits.digits_split
+    x_tr, y_tr, x_te, y_te = digits.digits_split()
+    for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        source = data.digits_source(split)
+        assert source.images.dtype == np.uint8 and source.levels == 17
+        np.testing.assert_array_equal(source.images, x * 16)
+        np.testing.assert_array_equal(source.labels, y)
+    assert (len(y_tr), len(y_te)) == (1437, 360)
+    every = np.bincount(np.concatenate([y_tr, y_te]))  # stratified: each class's 20%, +-1
+    assert np.abs(np.bincount(y_te) - 0.2 * every).max() <= 1
+
+
+# Every public name of score_sde/datasets.py and score_sde/data_workers.py before the move.
+FORMER_DATASETS_NAMES = (
+    "ArraySource Batch CORRUPT_POLICIES CorruptImageError DatasetNotFoundError Geometry "
+    "IMAGE_SUFFIXES ImageFolder MAX_AUTO_WORKERS Pipeline SPLITS Source SubsetSource TfdsSource "
+    "central_crop decode_image default_num_workers digits_source get_data_inverse_scaler "
+    "get_data_scaler get_dataset get_geometry get_source image_folder_source in_memory_source "
+    "list_images mixing_source report_skipped resize resize_small source_labels "
+    "stratified_indices subset_source synthetic_source tfds_source").split()
+FORMER_WORKERS_NAMES = ["Batch", "SharedArray", "SharedImages", "SharedView", "WorkerIterator"]
+
+
+def test_the_former_modules_still_export_every_public_name():
+    import score_sde.data.workers
+    from score_sde import data_workers, datasets
+
+    for name in FORMER_DATASETS_NAMES:
+        assert getattr(datasets, name) is getattr(data, name), name
+    assert sorted(datasets.__all__) == sorted(FORMER_DATASETS_NAMES)
+    for name in FORMER_WORKERS_NAMES:
+        assert getattr(data_workers, name) is getattr(score_sde.data.workers, name), name
+    with pytest.raises(ImportError, match=r"^score_sde.datasets._TFDS moved to "
+                                          r"score_sde.data.tfds_source.TFDS_DATASETS$"):
+        from score_sde.datasets import _TFDS  # noqa: F401
+    with pytest.raises(ImportError, match=r"moved to score_sde.data.workers._worker_main$"):
+        from score_sde.data_workers import _worker_main  # noqa: F401
+    assert not hasattr(datasets, "no_such_name")
+
+
 def test_scaler_round_trip(config):
     x = _pipeline(config).batch(0)["image"]
     for centered in (True, False):
         config.data.centered = centered
-        scaled = datasets.get_data_scaler(config)(x)
+        scaled = data.get_data_scaler(config)(x)
         assert scaled.min() >= (-1.0 if centered else 0.0) and scaled.max() <= 1.0
-        np.testing.assert_allclose(datasets.get_data_inverse_scaler(config)(scaled), x,
+        np.testing.assert_allclose(data.get_data_inverse_scaler(config)(scaled), x,
                                    atol=1e-6)
     config.data.centered = True
 
@@ -57,8 +102,8 @@ def test_batches_depend_only_on_seed_and_step(config):
         np.testing.assert_array_equal(seq[step]["image"], b.batch(step)["image"])
     resumed = next(b.iterate(start=94))
     np.testing.assert_array_equal(resumed["label"], seq[94]["label"])
-    other_seed = datasets.get_dataset(config, "train", seed=123, process_index=0,
-                                      process_count=1)
+    other_seed = data.get_dataset(config, "train", seed=123, process_index=0,
+                                  process_count=1)
     assert not np.array_equal(other_seed.batch(0)["image"], seq[0]["image"])
     # every example appears exactly once per epoch
     first_epoch = np.concatenate([a._perms[0]])
@@ -91,8 +136,8 @@ def test_uniform_dequantization_stays_in_its_bin(config):
 
 
 def test_padded_evaluation_covers_the_split_once(config):
-    ds = datasets.get_dataset(config, "test", batch_size=64, shuffle=False, pad_last=True,
-                              process_index=0, process_count=1)
+    ds = data.get_dataset(config, "test", batch_size=64, shuffle=False, pad_last=True,
+                          process_index=0, process_count=1)
     batches = list(ds.iterate())
     assert len(batches) == 6  # 360 = 5 * 64 + 40
     assert sum(int(b["mask"].sum()) for b in batches) == 360
@@ -103,7 +148,7 @@ def test_unknown_dataset_names_the_field_and_choices(config):
     config.data.dataset = "IMAGENET"
     try:
         with pytest.raises(ValueError, match=r"config.data.dataset='IMAGENET'.*DIGITS"):
-            datasets.get_source(config, "train")
+            data.get_source(config, "train")
     finally:
         config.data.dataset = "digits"
 
@@ -119,12 +164,12 @@ def test_image_folder(tmp_path):
                 tmp_path / split / f"{i}.png")
     config = driver_configs.tiny({"data.dataset": "IMAGE_FOLDER", "data.num_channels": 3})
     config.data.data_dir = str(tmp_path)
-    ds = datasets.get_dataset(config, "train", batch_size=2, process_index=0, process_count=1)
+    ds = data.get_dataset(config, "train", batch_size=2, process_index=0, process_count=1)
     batch = ds.batch(0)
     assert batch["image"].shape == (2, 8, 8, 3) and "label" not in batch
     config.data.data_dir = str(tmp_path / "missing")
-    with pytest.raises(datasets.DatasetNotFoundError, match="config.data.data_dir"):
-        datasets.get_source(config, "train")
+    with pytest.raises(data.DatasetNotFoundError, match="config.data.data_dir"):
+        data.get_source(config, "train")
 
 
 # ----------------------------------------------------------------------------- worker processes
@@ -143,18 +188,18 @@ def _write_folder(root, n: int = 20, seed: int = 0) -> list:
     return paths
 
 
-def _folder_config(root, **data):
+def _folder_config(root, **fields):
     config = driver_configs.tiny({"data.dataset": "IMAGE_FOLDER", "data.num_channels": 3,
                                   "data.random_flip": True, "data.uniform_dequantization": True})
     config.data.data_dir = str(root)
-    for k, v in data.items():
+    for k, v in fields.items():
         config.data[k] = v
     return config
 
 
 def _folder_pipeline(config, **kw):
-    return datasets.get_dataset(config, "train", batch_size=4, process_index=0,
-                                process_count=1, **kw)
+    return data.get_dataset(config, "train", batch_size=4, process_index=0,
+                            process_count=1, **kw)
 
 
 def _gone(pid: int) -> bool:
@@ -179,9 +224,9 @@ def test_workers_read_the_batches_of_the_main_process(folder):
         assert len(got) == 8 - start and all(_gone(pid) for pid in it.pids)
         for want, have in zip(reference[start:], got, strict=True):
             np.testing.assert_array_equal(have["image"], want["image"])
-    padded = datasets.get_dataset(_folder_config(folder, num_workers=1), "train", batch_size=8,
-                                  shuffle=False, pad_last=True, process_index=0,
-                                  process_count=1)  # evaluation: 20 images, the last padded
+    padded = data.get_dataset(_folder_config(folder, num_workers=1), "train", batch_size=8,
+                              shuffle=False, pad_last=True, process_index=0,
+                              process_count=1)  # evaluation: 20 images, the last padded
     got = list(padded.iterate())
     assert [int(b["mask"].sum()) for b in got] == [8, 8, 4]
     for step, batch in enumerate(got):
@@ -191,9 +236,9 @@ def test_workers_read_the_batches_of_the_main_process(folder):
 
 def test_workers_hold_one_batch_each_and_import_no_jax(tmp_path):
     log = tmp_path / "decoded.txt"
-    ds = datasets.Pipeline(source=CountingSource(str(log)), global_batch=4, seed=0,
-                           shuffle=False, geometry=datasets.Geometry("resize", 2),
-                           num_workers=2)
+    ds = data.Pipeline(source=CountingSource(str(log)), global_batch=4, seed=0,
+                       shuffle=False, geometry=data.Geometry("resize", 2),
+                       num_workers=2)
     it = ds.iterate(0)
     for pid in it.pids:  # the main process decides when workers stop (e.g. on pre-emption)
         os.kill(pid, signal.SIGINT)
@@ -255,11 +300,11 @@ def test_corrupt_image_stops_the_run_naming_the_file(tmp_path, capfd):
     bad = tmp_path / "train" / "02.png"
     bad.write_bytes(b"not an image")
     ds = _folder_pipeline(_folder_config(tmp_path, num_workers=0))
-    with pytest.raises(datasets.CorruptImageError, match=str(bad)) as in_process:
+    with pytest.raises(data.CorruptImageError, match=str(bad)) as in_process:
         [ds.batch(s) for s in range(2)]
     ds.num_workers = 1
     it = ds.iterate(0, 4)
-    with pytest.raises(datasets.CorruptImageError) as in_worker:
+    with pytest.raises(data.CorruptImageError) as in_worker:
         list(it)
     assert str(in_worker.value) == str(in_process.value)  # one line, same as in process
     assert "\n" not in str(in_worker.value) and isinstance(in_worker.value, ValueError)
@@ -271,14 +316,14 @@ def test_image_folder_without_a_readable_image_names_it(tmp_path):
     _write_folder(tmp_path, n=2)
     for p in (tmp_path / "train").iterdir():
         p.write_bytes(b"\x89PNG broken")
-    with pytest.raises(datasets.DatasetNotFoundError, match=f"none of the 2 .*{tmp_path}"):
-        datasets.get_source(_folder_config(tmp_path), "train")
+    with pytest.raises(data.DatasetNotFoundError, match=f"none of the 2 .*{tmp_path}"):
+        data.get_source(_folder_config(tmp_path), "train")
 
 
 def test_worker_counts_and_policies_from_the_config(folder, config):
     assert _pipeline(config).num_workers == 0  # in-memory digits: no processes
     auto = _folder_pipeline(_folder_config(folder, num_workers=-1))
-    assert auto.num_workers == min(len(os.sched_getaffinity(0)), datasets.MAX_AUTO_WORKERS)
+    assert auto.num_workers == min(len(os.sched_getaffinity(0)), data.MAX_AUTO_WORKERS)
     with pytest.raises(ValueError, match=r"config.data.num_workers=-3"):
         _folder_pipeline(_folder_config(folder, num_workers=-3))
     with pytest.raises(ValueError, match=r"config.data.corrupt_images='ignore'.*'skip'"):
@@ -288,12 +333,12 @@ def test_worker_counts_and_policies_from_the_config(folder, config):
 EXIT_SCRIPT = textwrap.dedent("""
     import glob, sys
     sys.path.insert(0, {root!r})
-    from score_sde import datasets
+    from score_sde import data
 
     if __name__ == "__main__":
-        source = datasets.ImageFolder(tuple(sorted(glob.glob({folder!r} + "/train/*.png"))), 3)
-        ds = datasets.Pipeline(source, global_batch=4, seed=0, shuffle=True,
-                               geometry=datasets.Geometry("crop", 8), num_workers=2)
+        source = data.ImageFolder(tuple(sorted(glob.glob({folder!r} + "/train/*.png"))), 3)
+        ds = data.Pipeline(source, global_batch=4, seed=0, shuffle=True,
+                           geometry=data.Geometry("crop", 8), num_workers=2)
         it = ds.iterate(0)  # endless, never closed
         next(it)
         print(*it.pids, flush=True)
@@ -324,8 +369,8 @@ def test_bucket_listing_keeps_the_scheme():
             yield "bucket/data/train", ["a"], ["1.png", "notes.txt"]
             yield "bucket/data/train/a", [], ["0.JPG"]
 
-    assert datasets.list_images(Bucket()) == ("gs://bucket/data/train/1.png",
-                                              "gs://bucket/data/train/a/0.JPG")
+    assert data.list_images(Bucket()) == ("gs://bucket/data/train/1.png",
+                                          "gs://bucket/data/train/a/0.JPG")
 
 
 @pytest.fixture
@@ -338,8 +383,8 @@ def test_tfds_source_with_mock_data(tfds):
                                   "data.image_size": 16})
     config.data.num_workers = 1
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-        ds = datasets.get_dataset(config, "train", batch_size=4, process_index=0,
-                                  process_count=1)
+        ds = data.get_dataset(config, "train", batch_size=4, process_index=0,
+                              process_count=1)
         batches = list(ds.iterate(0, 3))  # decoded in a worker process
         again = ds.batch(2)
     assert batches[0]["image"].shape == (4, 16, 16, 3)  # 32x32 resized to image_size
@@ -350,8 +395,8 @@ def test_tfds_source_with_mock_data(tfds):
 def test_tfds_missing_dataset_says_how_to_prepare_it(tfds, tmp_path):
     config = driver_configs.tiny({"data.dataset": "CIFAR10"})
     config.data.data_dir = str(tmp_path)
-    with pytest.raises(datasets.DatasetNotFoundError, match=r"tfds build cifar10"):
-        datasets.get_source(config, "train")
+    with pytest.raises(data.DatasetNotFoundError, match=r"tfds build cifar10"):
+        data.get_source(config, "train")
 
 
 @pytest.mark.slow
@@ -392,10 +437,10 @@ def test_training_on_a_folder_with_a_corrupt_image(tmp_path, policy):
 
 
 def test_stratified_subset_keeps_each_class_share_and_depends_only_on_its_seed(config):
-    labels = datasets.get_source(config, "train").labels
+    labels = data.get_source(config, "train").labels
     cfg = driver_configs.tiny({"data.subset_fraction": 0.1})
     sub = _pipeline(cfg).source
-    counts = np.bincount(datasets.source_labels(sub), minlength=10)
+    counts = np.bincount(data.source_labels(sub), minlength=10)
     assert counts.tolist() == [round(0.1 * c) for c in np.bincount(labels)]  # 142 of 1437
     again = _pipeline(cfg, seed=5).source  # the training seed does not move the subset
     assert np.array_equal(sub.indices, again.indices)
@@ -408,12 +453,12 @@ def test_stratified_subset_keeps_each_class_share_and_depends_only_on_its_seed(c
 
 def _mixed(ratio, process_index=0, process_count=1):
     """Real examples labelled 0..29, synthetic ones 1000..1011: labels tell them apart."""
-    real = datasets.ArraySource(np.zeros((30, 8, 8, 1), np.uint8), np.arange(30), levels=17)
-    synthetic = datasets.ArraySource(np.full((12, 8, 8, 1), 255, np.uint8),
-                                     np.arange(1000, 1012), levels=256)
-    return datasets.Pipeline(real, global_batch=8, seed=3, shuffle=True, geometry=lambda x: x,
-                             process_index=process_index, process_count=process_count,
-                             synthetic=synthetic, synthetic_ratio=ratio)
+    real = data.ArraySource(np.zeros((30, 8, 8, 1), np.uint8), np.arange(30), levels=17)
+    synthetic = data.ArraySource(np.full((12, 8, 8, 1), 255, np.uint8),
+                                 np.arange(1000, 1012), levels=256)
+    return data.Pipeline(real, global_batch=8, seed=3, shuffle=True, geometry=lambda x: x,
+                         process_index=process_index, process_count=process_count,
+                         synthetic=synthetic, synthetic_ratio=ratio)
 
 
 def test_synthetic_examples_make_up_the_ratio_of_every_batch_deterministically():
@@ -439,16 +484,16 @@ def test_synthetic_data_from_sample_shards_or_class_folders(tmp_path):
     for first, stop in ((0, 3), (3, 5)):
         storage.write_bytes(tmp_path / "npz" / f"samples_00000{first}.npz", sample_shards.npz_bytes(
             samples=x[first:stop], indices=np.arange(first, stop), labels=np.arange(first, stop)))
-    src = datasets.synthetic_source(str(tmp_path / "npz"), 1)
+    src = data.synthetic_source(str(tmp_path / "npz"), 1)
     assert np.array_equal(src.images, x) and src.labels.tolist() == [0, 1, 2, 3, 4]
     for i, label in enumerate((2, 0, 2)):
         storage.write_bytes(tmp_path / "png" / str(label) / f"{i}.png",
                             sample_shards.png_bytes(x[i]))
-    src = datasets.synthetic_source(str(tmp_path / "png"), 1)
+    src = data.synthetic_source(str(tmp_path / "png"), 1)
     assert src.labels.tolist() == [0, 2, 2] and np.array_equal(src.images[0], x[1])
     cfg = driver_configs.tiny({"data.synthetic": str(tmp_path / "nowhere"),
                                "data.synthetic_ratio": 0.5})
-    with pytest.raises(datasets.DatasetNotFoundError, match="nowhere': no such file"):
+    with pytest.raises(data.DatasetNotFoundError, match="nowhere': no such file"):
         _pipeline(cfg)
     with pytest.raises(ValueError, match=r"synthetic='' with config.data.synthetic_ratio=0.5"):
         _pipeline(driver_configs.tiny({"data.synthetic_ratio": 0.5}))

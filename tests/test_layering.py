@@ -4,6 +4,8 @@ Reads the source of every score_sde module with `ast` (imports at module level a
 functions, in every spelling) and fails if a driver module imports another driver, or if a
 library module (inference.py included) imports a driver. The list of drivers is written out
 here and checked against the modules main.py's modes import, so a new mode module is a driver.
+The bottom floor (sde_lib, storage, the data package) imports nothing above it, so every
+other module, the metrics included, can import it.
 """
 
 import ast
@@ -16,6 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "score_sde"
 DRIVERS = {"train", "evaluate", "editing_modes", "sample_quality", "train_classifier",
            "generate", "grid_search"}
 ENTRY_POINT = "main"  # picks a mode: the one module that imports drivers
+# The bottom floor: modules (and packages) that import no score_sde module but each other, so
+# every other module, the metrics included, can import them.
+BOTTOM_FLOOR = {"sde_lib", "storage", "data"}
 
 
 def imported_modules(source: str) -> set[str]:
@@ -95,6 +100,17 @@ def test_library_imports_no_driver_nor_main():
         bad = imported_modules(source) & (DRIVERS | {ENTRY_POINT})
         assert not bad, f"the library module {name} imports {sorted(bad)}"
     assert "inference" in _modules()  # the floor under the drivers is checked too
+
+
+@pytest.mark.parametrize("name", sorted(BOTTOM_FLOOR))
+def test_the_bottom_floor_imports_nothing_above_it(name):
+    above = imported_modules(_modules()[name]) - BOTTOM_FLOOR
+    assert not above, f"{name} is on the bottom floor but imports {sorted(above)}"
+
+
+def test_the_former_data_modules_only_point_to_the_data_package():
+    for name in ("datasets", "data_workers"):
+        assert imported_modules(_modules()[name]) == {"data"}, name
 
 
 def test_eval_mode_finds_the_sample_quality_hook_through_the_library():

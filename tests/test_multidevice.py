@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from score_sde import datasets, losses, models, parallel, sde_lib, train
+from score_sde import losses, models, parallel, sde_lib, train
+from score_sde.data import get_data_scaler, get_dataset
 from tests import driver_configs
 
 STEPS = 3
@@ -20,7 +21,7 @@ def setup():
     step_fn = losses.get_step_fn(config, sde, model, optimizer, train=True)
     init = jax.device_get(jax.jit(lambda r: losses.init_train_state(r, config, model, optimizer))(
         jax.random.PRNGKey(0)))
-    ds = datasets.get_dataset(config, "train", process_index=0, process_count=1)
+    ds = get_dataset(config, "train", process_index=0, process_count=1)
     batches = [ds.batch(i) for i in range(STEPS)]
     return config, step_fn, init, batches
 
@@ -28,7 +29,7 @@ def setup():
 def _run(setup, n_devices, steps_per_call, use_scan=None):
     config, step_fn, init, batches = setup
     mesh = parallel.make_mesh(jax.devices()[:n_devices])
-    call = train.make_train_call(step_fn, mesh, datasets.get_data_scaler(config), use_scan)
+    call = train.make_train_call(step_fn, mesh, get_data_scaler(config), use_scan)
     state = parallel.replicate(init, mesh)
     losses_seen = []
     for start in range(0, STEPS, steps_per_call):

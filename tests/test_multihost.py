@@ -17,7 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from score_sde import datasets, losses, models, parallel, preemption, sde_lib, train
+from score_sde import losses, models, parallel, preemption, sde_lib, train
+from score_sde.data import get_data_scaler, get_dataset
 from tests import driver_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,18 +28,19 @@ SCHEDULE = {"training.n_iters": 4, "training.log_freq": 2, "training.eval_freq":
 WORKER = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {root!r})
-    from score_sde import datasets, parallel, train
+    from score_sde import parallel, train
+    from score_sde.data import Pipeline
     from tests import driver_configs
 
     pid = int(sys.argv[1])
     parallel.initialize("127.0.0.1:{port}", num_processes=2, process_id=pid)
     read = []
-    original = datasets.Pipeline.batch
+    original = Pipeline.batch
     def recording(self, step):
         if self.shuffle:
             read.append(list(self.positions(step)))
         return original(self, step)
-    datasets.Pipeline.batch = recording
+    Pipeline.batch = recording
     state = train.train(driver_configs.tiny({schedule!r}), {workdir!r})
     import jax, numpy as np
     leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
@@ -90,11 +92,11 @@ def _single_process_params(n_steps: int):
     model, optimizer = models.get_model(config), losses.get_optimizer(config)
     mesh = parallel.make_mesh()
     call = train.make_train_call(losses.get_step_fn(config, sde, model, optimizer, True), mesh,
-                                 datasets.get_data_scaler(config))
+                                 get_data_scaler(config))
     init = jax.jit(lambda r: losses.init_train_state(r, config, model, optimizer))(
         jax.random.PRNGKey(int(config.seed)))
     state = parallel.replicate(jax.device_get(init), mesh)
-    ds = datasets.get_dataset(config, "train", process_index=0, process_count=1)
+    ds = get_dataset(config, "train", process_index=0, process_count=1)
     for step in range(n_steps):
         batch = {k: v[None] for k, v in ds.batch(step).items()}
         state, _ = call(state, parallel.shard_batch(batch, mesh, leading_axes=1))

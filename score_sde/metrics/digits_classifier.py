@@ -21,6 +21,7 @@ import numpy as np
 from flax import serialization
 
 from score_sde import storage
+from score_sde.data.digits import SPLIT_SEED, TEST_SIZE, digits_split  # noqa: F401
 from score_sde.metrics.frechet import feature_statistics, frechet_distance_from_stats
 
 __all__ = [
@@ -38,28 +39,6 @@ __all__ = [
 
 DEFAULT_WEIGHTS = Path(__file__).with_name("digits_classifier.msgpack")
 DIGITS_SHAPE = (8, 8, 1)
-TEST_SIZE = 0.2
-SPLIT_SEED = 0
-
-
-def digits_split(
-    test_size: float = TEST_SIZE, random_state: int = SPLIT_SEED
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The fixed, stratified train/test split of sklearn's digits used by the digits metric.
-
-    Returns (x_train, y_train, x_test, y_test): images (N, 8, 8, 1) float32 in [0, 1] (pixel/16)
-    and int32 labels. Defaults (test_size=0.2, random_state=0) give 1437 train / 360 test images.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    x = (data.images.astype(np.float32) / 16.0)[..., None]
-    y = data.target.astype(np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_size, random_state=random_state, stratify=y
-    )
-    return x_tr, y_tr, x_te, y_te
 
 
 class DigitsClassifier(nn.Module):
