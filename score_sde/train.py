@@ -131,12 +131,12 @@ class Trainer:
     """Everything `train` builds once: mesh, SDE, model, optimiser, jitted calls, data.
 
     A consistency model (config.training.objective 'cd' / 'ct') trains with
-    consistency_losses' step (CD: with `teacher`, a distillation.Teacher) and has no
+    consistency_losses' step (CD: with `teacher`, a distillation.TeacherModel) and has no
     evaluation loss (eval_call None).
     """
 
     def __init__(self, config, workdir: str | os.PathLike,
-                 teacher: distillation.Teacher | None = None):
+                 teacher: distillation.TeacherModel | None = None):
         self.config, self.workdir = config, epath.Path(workdir)
         self.mesh = parallel.make_mesh()
         self.n_jit = check_config(config, self.mesh)
@@ -210,7 +210,7 @@ def distill(config, workdir: str | os.PathLike, teacher_workdir: str | None = No
 
 
 def train(config, workdir: str | os.PathLike, init_from_published: str | None = None,
-          teacher: distillation.Teacher | None = None) -> losses.TrainState:
+          teacher: distillation.TeacherModel | None = None) -> losses.TrainState:
     """Train from scratch, from the newest checkpoint in workdir, or from published weights.
 
     Writes workdir/checkpoints, workdir/checkpoints-meta, workdir/tensorboard,
@@ -252,7 +252,7 @@ def _hold_workdir(workdir: epath.Path) -> Iterator[None]:
 
 def _train(config, workdir: epath.Path, init_from_published: str | None,
            guard: preemption.PreemptionGuard,
-           teacher: distillation.Teacher | None = None) -> losses.TrainState:
+           teacher: distillation.TeacherModel | None = None) -> losses.TrainState:
     tr = config.training
     t = Trainer(config, workdir, teacher)
     ckpts = checkpoints.Checkpoints(workdir)
