@@ -64,7 +64,7 @@ def fd(args) -> dict:
         state, step = r.restore(args.step)
     finally:
         r.close()
-    sampler = inference.Sampler(config, r.sde, r.eps, r.model, r.mesh, n=args.batch)
+    sampler = inference.ConfigSampler(config, r.sde, r.eps, r.model, r.mesh, n=args.batch)
     key = jax.random.PRNGKey(args.seed)
     images, nfe, start = [], 0, time.perf_counter()
     for i in range(args.num_samples // args.batch):

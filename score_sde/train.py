@@ -42,7 +42,7 @@ from score_sde import (
     sde_lib,
 )
 from score_sde import logging_utils as log
-from score_sde.inference import Sampler, make_eval_call
+from score_sde.inference import ConfigSampler, make_eval_call
 from score_sde.models import consistency as consistency_lib
 
 # Donation is a no-op on the CPU backend; the warning says so on every compile.
@@ -316,8 +316,8 @@ def _train(config, workdir: epath.Path, init_from_published: str | None,
                     ckpts.save_preemption(step, state)
                 last_good_ckpt = step
             if snapshot and tr.get("snapshot_sampling", False):
-                sampler = sampler or Sampler(config, t.sde, t.eps, t.model, t.mesh,
-                                             n=int(tr.batch_size))
+                sampler = sampler or ConfigSampler(config, t.sde, t.eps, t.model, t.mesh,
+                                                   n=int(tr.batch_size))
                 _snapshot_samples(sampler, state, step, workdir, writer, config)
             if stop_before is not None and bool(stop_before):  # every process, same step
                 kind = checkpoints.SNAPSHOT_DIR if snapshot else checkpoints.META_DIR
@@ -357,7 +357,7 @@ def _raise_nonfinite(step: int, last_good: int | None, workdir: epath.Path, what
         f"it; {kept}. Try a lower config.optim.lr or config.optim.grad_clip >= 0.")
 
 
-def _snapshot_samples(sampler: Sampler, state, step: int, workdir: epath.Path, writer,
+def _snapshot_samples(sampler: ConfigSampler, state, step: int, workdir: epath.Path, writer,
                       config) -> None:
     rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 2), step)
     images, nfe = sampler(state.ema_params, rng)
