@@ -10,7 +10,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["score_sde", "score_sde.*", "configs", "configs.*"]),
+    # The config files live at the top of the repository (configs/, for --config) and install
+    # as score_sde.configs through the link score_sde/configs -> ../configs, the name they
+    # import each other by: no top-level `configs` package in site-packages.
+    packages=find_packages(include=["score_sde", "score_sde.*"]),
     package_data={"score_sde": ["metrics/*.msgpack"]},
     install_requires=[
         "jax>=0.6,<0.12",

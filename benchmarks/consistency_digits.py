@@ -38,14 +38,12 @@ def _config(path: str):
 
 def _run_config(workdir: str):
     """The config a training run recorded in workdir/config.json (its overrides included)."""
-    import ml_collections
+    from score_sde import run_config
 
-    from score_sde.distillation import _tuples
-
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise SystemExit(f"{path} does not exist: pass --config=CONFIG_FILE")
-    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+    try:
+        return run_config.load(workdir)
+    except FileNotFoundError as e:
+        raise SystemExit(f"{e}: pass --config=CONFIG_FILE") from e
 
 
 def fd(args) -> dict:
@@ -66,7 +64,7 @@ def fd(args) -> dict:
         state, step = r.restore(args.step)
     finally:
         r.close()
-    sampler = inference.Sampler(config, r.sde, r.eps, r.model, r.mesh, n=args.batch)
+    sampler = inference.ConfigSampler(config, r.sde, r.eps, r.model, r.mesh, n=args.batch)
     key = jax.random.PRNGKey(args.seed)
     images, nfe, start = [], 0, time.perf_counter()
     for i in range(args.num_samples // args.batch):

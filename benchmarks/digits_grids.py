@@ -45,8 +45,8 @@ def digits_fd(config, restorer, params, overrides: dict, num_samples: int, batch
     config = config.copy_and_resolve_references()
     for key, value in overrides.items():
         config.sampling[key] = value
-    sampler = inference.Sampler(config, restorer.sde, restorer.eps, restorer.model,
-                                restorer.mesh, n=batch)
+    sampler = inference.ConfigSampler(config, restorer.sde, restorer.eps, restorer.model,
+                                      restorer.mesh, n=batch)
     images, nfe = [], 0
     for r in range(num_samples // batch):
         x, nfe = sampler(params, jax.random.PRNGKey(1000 + r))  # the same draws for every row

@@ -1,6 +1,6 @@
 """The embedded default: the small U-Net on 8x8 digits with the VP SDE, continuous time."""
 
-from configs.default_digits_configs import get_default_configs
+from score_sde.configs.default_digits_configs import get_default_configs
 
 
 def get_config():

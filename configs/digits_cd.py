@@ -9,8 +9,8 @@ uniform weights. 3,001 steps: 1.5-1.7 x the teacher's training cost in CPU time
 (--config.sampling.nfe=2 or 4 for more).
 """
 
-from configs.consistency import make_consistency
-from configs.digits_edm import get_config as get_edm_config
+from score_sde.configs.consistency import make_consistency
+from score_sde.configs.digits_edm import get_config as get_edm_config
 
 
 def get_config():

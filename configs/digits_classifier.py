@@ -7,7 +7,7 @@ under workdir/classifier); sampling.classifier_scale is the guidance scale.
 
 import ml_collections
 
-from configs.digits_cond import get_config as get_cond_config
+from score_sde.configs.digits_cond import get_config as get_cond_config
 
 
 def get_config():

@@ -7,7 +7,7 @@ network learns both s(x, t | y) and s(x, t). sampling.guidance_scale is the CFG 
 to sample (empty: 0, 1, ..., 9 cycled over the batch).
 """
 
-from configs.digits import get_config as get_digits_config
+from score_sde.configs.digits import get_config as get_digits_config
 
 
 def get_config():

@@ -6,8 +6,8 @@ steps cost 1.9-2.2 x the teacher's training in CPU time (benchmarks/consistency_
 three measurements under load: at the 2 x limit). Sampled in 1 step.
 """
 
-from configs.consistency import make_consistency
-from configs.digits_edm import get_config as get_edm_config
+from score_sde.configs.consistency import make_consistency
+from score_sde.configs.digits_edm import get_config as get_edm_config
 
 
 def get_config():

@@ -3,7 +3,7 @@ configs/digits.py, EDM's preconditioning, loss (ln sigma ~ N(-1.2, 1.2^2)) and S
 (sigma in [0.002, 80]), sampled with EDM's Heun at 35 NFE on the rho = 7 grid.
 """
 
-from configs.digits import get_config as get_digits_config
+from score_sde.configs.digits import get_config as get_digits_config
 
 
 def get_config():

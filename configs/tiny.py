@@ -1,6 +1,6 @@
 """The smallest useful config, for tests: digits-shaped data, a ~30k-parameter U-Net, few steps."""
 
-from configs.digits import get_config as get_digits_config
+from score_sde.configs.digits import get_config as get_digits_config
 
 
 def get_config():

@@ -5,6 +5,10 @@ Guidance transforms a score_fn, so it composes with every sampler:
   classifier_guidance   s(x, t) + scale * grad_x log p_t(y | x)   (noise-conditional classifier)
   cfg / cfg_from_model  (1 + w) s(x, t | y) - w s(x, t)            (classifier-free guidance)
 
+cfg combines any two score functions; cfg_from_model (one batched call of a conditional score
+function) and model_conditional_score_fn live with the network's score in score_sde.models.utils
+(a trained model's guided score: `trained_score_fn`) and are re-exported here.
+
 Inverse problems whose observation is a known part of x in an orthogonal basis (inpainting: a
 pixel mask; colorization: the grey direction of the channels) are solved as published: at every
 step the known part is replaced by the observation perturbed to the current time,
@@ -29,14 +33,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.models.utils import (  # cfg_from_model, model_conditional_score_fn: re-exported
+    ConditionalScoreFn,
+    cfg_combine,
+    cfg_from_model,
+    model_conditional_score_fn,
+)
 from score_sde.sampling import MERGE_SAMPLERS, get_sampler  # MERGE_SAMPLERS: re-exported
 from score_sde.sampling.common import full_t
+from score_sde.sampling.registry import Sampler
 from score_sde.sde_lib import SDE, ScoreFn, batch_mul
+
+__all__ = ["MERGE_SAMPLERS", "ClassifierFn", "ConditionalScoreFn", "Merge", "cfg",
+           "cfg_from_model", "classifier_guidance", "color_basis", "colorization_merge",
+           "get_colorizer", "get_editor", "get_inpainter", "inpainting_merge", "linear_merge",
+           "merging_sampler", "model_conditional_score_fn", "sdedit", "sdedit_times"]
 
 Array = jax.Array
 ClassifierFn = Callable[[Array, Array], Array]
-ConditionalScoreFn = Callable[[Array, Array, Array], Array]
-Sampler = Callable[[Array, ScoreFn], tuple[Array, Array]]
 # merge(rng, x, x_mean, t) -> (x, x_mean): put the observation, perturbed to t, into the state;
 # the samplers' `project` argument (score_sde.sampling.common.Project).
 Merge = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
@@ -78,39 +92,7 @@ def cfg(score_fn_cond: ScoreFn, score_fn_uncond: ScoreFn, w: float) -> ScoreFn:
     """
     if w == 0:
         return score_fn_cond
-    return lambda x, t: (1.0 + w) * score_fn_cond(x, t) - w * score_fn_uncond(x, t)
-
-
-def cfg_from_model(conditional_score_fn: ConditionalScoreFn, labels: Array | int,
-                   null_label: int, w: float) -> ScoreFn:
-    """Classifier-free guidance of one network, both terms in a single batched call.
-
-    conditional_score_fn(x, t, y) -> score for class labels y (B,); `null_label` (the model's
-    num_classes) is the unconditional input. The batch is doubled (labels | null) so the network
-    runs once per score evaluation, which is what a sampler's nfe counts.
-    """
-    if w == 0:
-        return lambda x, t: conditional_score_fn(x, t, _batch_labels(labels, x.shape[0]))
-
-    def guided(x: Array, t: Array) -> Array:
-        b = x.shape[0]
-        y = jnp.concatenate([_batch_labels(labels, b), jnp.full((b,), null_label, jnp.int32)])
-        s = conditional_score_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)
-        return (1.0 + w) * s[:b] - w * s[b:]
-
-    return guided
-
-
-def model_conditional_score_fn(sde: SDE, model, params,
-                               continuous: bool = True) -> ConditionalScoreFn:
-    """`fn(x, t, y) -> score` of a class-conditional network (config.model.num_classes > 0)."""
-    from score_sde.models import utils as mutils
-
-    def fn(x: Array, t: Array, y: Array) -> Array:
-        return mutils.get_score_fn(sde, model, params, train=False, continuous=continuous,
-                                   labels=y)(x, t)
-
-    return fn
+    return lambda x, t: cfg_combine(score_fn_cond(x, t), score_fn_uncond(x, t), w)
 
 
 # ------------------------------------------------------------- observations in a channel basis

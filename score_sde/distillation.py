@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from score_sde import checkpoints, inference, sde_lib, storage
-from score_sde.models import consistency as cm
+from score_sde import checkpoints, inference, run_config, sde_lib, storage
+from score_sde.models import consistency as consistency_models
 
 
 @dataclasses.dataclass
-class Teacher:
+class TeacherModel:
     """A loaded teacher: its config, SDE, network and EMA parameters (host arrays)."""
 
     config: Any
@@ -48,14 +46,6 @@ class Teacher:
         return state
 
 
-def _tuples(value):
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
 def teacher_config(config, teacher_workdir: str | None) -> tuple[Any, str]:
     """(the teacher's config, where it came from)."""
     path = str(config.consistency.get("teacher_config", "") or "")
@@ -70,11 +60,12 @@ def teacher_config(config, teacher_workdir: str | None) -> tuple[Any, str]:
         raise ValueError("--mode distill needs a teacher: --teacher_workdir=DIR (a trained score "
                          "model), or --init_from_published=PATH with "
                          "config.consistency.teacher_config=CONFIG_FILE")
-    json_path = storage.path(teacher_workdir) / "config.json"
-    if not json_path.exists():
-        raise FileNotFoundError(f"{json_path} does not exist: name the teacher's config file in "
-                                "config.consistency.teacher_config")
-    return ml_collections.ConfigDict(_tuples(json.loads(json_path.read_text()))), str(json_path)
+    try:
+        tconfig = run_config.load(teacher_workdir)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}: name the teacher's config file in "
+                                "config.consistency.teacher_config") from e
+    return tconfig, str(storage.path(teacher_workdir) / run_config.CONFIG_FILE)
 
 
 def _check_network(config, tconfig, source: str) -> None:
@@ -89,12 +80,12 @@ def _check_network(config, tconfig, source: str) -> None:
 
 
 def load_teacher(config, teacher_workdir: str | None = None,
-                 published: str | None = None) -> Teacher:
+                 published: str | None = None) -> TeacherModel:
     """The teacher of a CD config (see the module doc); one clear error for a teacher that is
     itself a consistency model, whose network differs from the student's, or whose config
     does not match its checkpoint."""
     tconfig, source = teacher_config(config, teacher_workdir)
-    if cm.is_consistency_model(tconfig):
+    if consistency_models.is_consistency_model(tconfig):
         raise ValueError(f"the teacher ({source}) is a consistency model; distill from a score "
                          "model")
     _check_network(config, tconfig, source)
@@ -110,16 +101,24 @@ def load_teacher(config, teacher_workdir: str | None = None,
             "config.consistency.teacher_config the config it was trained with") from e
     finally:
         r.close()
-    return Teacher(tconfig, r.sde, r.model, jax.device_get(state.ema_params),
+    return TeacherModel(tconfig, r.sde, r.model, jax.device_get(state.ema_params),
                    f"{teacher_workdir} (step {step})")
 
 
-def _from_published(tconfig, path: str, source: str) -> Teacher:
+def _from_published(tconfig, path: str, source: str) -> TeacherModel:
     from score_sde import losses, models
 
     sde, _ = sde_lib.get_sde(tconfig)
     model = models.get_model(tconfig)
     state = jax.jit(lambda k: losses.init_train_state(k, tconfig, model))(jax.random.PRNGKey(0))
     state = checkpoints.state_from_published(jax.device_get(state), path, tconfig)
-    return Teacher(tconfig, sde, model, jax.device_get(state.ema_params),
+    return TeacherModel(tconfig, sde, model, jax.device_get(state.ema_params),
                    f"{path} (published, config {source})")
+
+
+def __getattr__(name: str):
+    """A removed name fails with one line naming its replacement."""
+    if name == "Teacher":
+        raise ImportError("score_sde.distillation.Teacher was renamed TeacherModel "
+                          "(score_sde.distillation.TeacherModel)")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

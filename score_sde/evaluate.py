@@ -24,11 +24,11 @@ from score_sde import checkpoints, losses, parallel, storage
 from score_sde import logging_utils as log
 from score_sde.data import get_data_scaler, get_dataset
 from score_sde.eval_hooks import EVAL_HOOKS, register_eval_hook, sample_files
-from score_sde.inference import Restorer, Sampler, make_eval_call, model_score_fn
+from score_sde.inference import ConfigSampler, Restorer, make_eval_call, model_score_fn
 from score_sde.sample_shards import local_rows
 
 # Names of the library floor that this module's users import from here (README, notebooks).
-__all__ = ["EVAL_HOOKS", "Restorer", "Sampler", "bits_per_dim", "bpd_over_split", "convert",
+__all__ = ["EVAL_HOOKS", "ConfigSampler", "Restorer", "bits_per_dim", "bpd_over_split", "convert",
            "eval_loss", "evaluate", "get_likelihood_call", "likelihood", "local_rows",
            "register_eval_hook", "sample_files", "sample_rounds"]
 
@@ -117,7 +117,7 @@ def _num_repeats(config) -> int:
 # ----------------------------------------------------------------------------- samples
 
 
-def sample_rounds(r: Restorer, state, step: int, out: Path, sampler: Sampler) -> None:
+def sample_rounds(r: Restorer, state, step: int, out: Path, sampler: ConfigSampler) -> None:
     config = r.config
     rounds = math.ceil(int(config.eval.num_samples) / sampler.n)
     host_dir = out / f"host_{jax.process_index()}"
@@ -153,7 +153,7 @@ def evaluate(config, workdir: str | Path, eval_folder: str = "eval") -> dict[int
             if ev.enable_bpd:
                 res["eval/bpd"] = _bpd(r, state, out)
             if ev.enable_sampling:
-                sampler = sampler or Sampler(config, r.sde, r.eps, r.model, r.mesh)
+                sampler = sampler or ConfigSampler(config, r.sde, r.eps, r.model, r.mesh)
                 sample_rounds(r, state, step, out, sampler)
                 for name, hook in EVAL_HOOKS.items():
                     log.say(f"Running eval hook {name}")
@@ -234,3 +234,11 @@ def convert(config, workdir: str | Path, published_path: str) -> Path:
             "with this workdir)")
     return path
 
+
+
+def __getattr__(name: str):
+    """A renamed name fails with one line naming its replacement."""
+    if name == "Sampler":
+        raise ImportError("score_sde.evaluate.Sampler was renamed ConfigSampler "
+                          "(score_sde.inference.ConfigSampler)")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,12 +7,14 @@ of importing each other:
                     reads only the EMA parameters (and the step and PRNG key): the optimizer
                     state is neither built nor read
   model_score_fn    the (class-conditional, classifier-free guided) score function of
-                    network parameters, the `score_fn(x, t)` every sampler takes (a
-                    consistency model has none: refused with one line)
+                    network parameters, the `score_fn(x, t)` every sampler takes, as the
+                    config says (models.utils.trained_score_fn builds it; a consistency
+                    model has none: refused with one line)
   model_consistency_fn  the consistency function f(x, t) of a consistency model, what
                     sampling.method='consistency' takes in place of score_fn
-  Sampler           the jitted sampler of config.sampling, sharded over the mesh:
-                    `(params, rng) -> (images in [0, 1], nfe)`
+  ConfigSampler     the jitted sampler of config.sampling, sharded over the mesh:
+                    `(params, rng) -> (images in [0, 1], nfe)` (a sampling.Sampler is the
+                    `sample(rng, score_fn)` it runs)
   make_eval_call    the jitted evaluation loss of the EMA parameters
   load_classifier_fn  the EMA classifier of workdir/classifier as `fn(x, t) -> logits`
 
@@ -29,9 +31,10 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils.epath import Path
 
-from score_sde import checkpoints, controllable, losses, parallel, sde_lib, storage
+from score_sde import checkpoints, losses, parallel, sde_lib, storage
 from score_sde.data import get_data_inverse_scaler
-from score_sde.models import consistency
+from score_sde.models import consistency as consistency_models
+from score_sde.models import utils as model_utils
 from score_sde.sampling import class_labels_from_config, get_sampler_from_config
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -120,34 +123,32 @@ def model_score_fn(config, sde: sde_lib.SDE, model, params, labels: jax.Array | 
     `guidance_scale` (0: the conditional score), or its unconditional score (the null label)
     when `labels` is None.
     """
-    from score_sde.models import utils as mutils
-
-    consistency.refuse_score_use(config, "score-based sampling (config.sampling.method), "
-                                 "likelihood and the denoising loss")
-    continuous = bool(config.training.continuous)
+    consistency_models.refuse_score_use(config, "score-based sampling "
+                                        "(config.sampling.method), likelihood and the "
+                                        "denoising loss")
     num_classes = int(config.model.get("num_classes", 0) or 0)
-    if num_classes <= 0 or labels is None:  # no labels: the network's null label
-        return mutils.get_score_fn(sde, model, params, train=False, continuous=continuous)
-    cond = controllable.model_conditional_score_fn(sde, model, params, continuous)
-    return controllable.cfg_from_model(cond, labels, num_classes, float(guidance_scale))
+    return model_utils.trained_score_fn(
+        sde, model, params, continuous=bool(config.training.continuous),
+        labels=labels if num_classes > 0 else None, guidance_scale=float(guidance_scale),
+        null_label=num_classes)
 
 
 def model_consistency_fn(config, sde: sde_lib.SDE, model, params,
                          labels: jax.Array | None = None) -> ScoreFn:
     """`f(x, t)` of a consistency model's parameters (class-conditional: `labels`, one per
     example; without them the network's null label)."""
-    if not consistency.is_consistency_model(config):
+    if not consistency_models.is_consistency_model(config):
         raise ValueError("config.sampling.method='consistency' needs a consistency model "
                          "(config.training.objective 'cd' or 'ct'); this config trains a score "
                          "model: choose another config.sampling.method")
     num_classes = int(config.model.get("num_classes", 0) or 0)
-    param = consistency.from_config(config, sde)
+    param = consistency_models.from_config(config, sde)
 
     def fn(x, t):
         y = None
         if num_classes > 0:
             y = labels if labels is not None else jnp.full((x.shape[0],), num_classes, jnp.int32)
-        return consistency.get_consistency_fn(param, model, params, labels=y)(x, t)
+        return consistency_models.get_consistency_fn(param, model, params, labels=y)(x, t)
 
     return fn
 
@@ -166,7 +167,7 @@ def guidance_scale(config) -> float:
     return float(config.sampling.get("guidance_scale", 0.0) or 0.0)
 
 
-class Sampler:
+class ConfigSampler:
     """A jitted sampler of `n` images (default eval.batch_size) sharded over the mesh:
     `(params, rng) -> (images in [0, 1], nfe)`, with config.sampling's method and options.
 
@@ -227,3 +228,12 @@ def load_classifier_fn(config, workdir: str | Path, sde: sde_lib.SDE) -> Callabl
         raise FileNotFoundError(f"no classifier checkpoint in {folder}; "
                                 "run --mode train_classifier first")
     return cls_models.get_classifier_fn(sde, cls_models.get_classifier(config), state.ema_params)
+
+
+def __getattr__(name: str):
+    """A renamed name fails with one line naming its replacement."""
+    if name == "Sampler":
+        raise ImportError("score_sde.inference.Sampler was renamed ConfigSampler "
+                          "(score_sde.inference.ConfigSampler); score_sde.sampling.Sampler is "
+                          "the type of a sample(rng, score_fn) function")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

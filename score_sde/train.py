@@ -43,7 +43,7 @@ from score_sde import (
 )
 from score_sde import data as datasets
 from score_sde import logging_utils as log
-from score_sde.inference import Sampler, make_eval_call
+from score_sde.inference import ConfigSampler, make_eval_call
 from score_sde.models import consistency as consistency_models
 
 # Donation is a no-op on the CPU backend; the warning says so on every compile.
@@ -132,12 +132,12 @@ class Trainer:
     """Everything `train` builds once: mesh, SDE, model, optimiser, jitted calls, data.
 
     A consistency model (config.training.objective 'cd' / 'ct') trains with
-    consistency_losses' step (CD: with `teacher`, a distillation.Teacher) and has no
+    consistency_losses' step (CD: with `teacher`, a distillation.TeacherModel) and has no
     evaluation loss (eval_call None).
     """
 
     def __init__(self, config, workdir: str | os.PathLike,
-                 teacher: distillation.Teacher | None = None):
+                 teacher: distillation.TeacherModel | None = None):
         self.config, self.workdir = config, epath.Path(workdir)
         self.mesh = parallel.make_mesh()
         self.n_jit = check_config(config, self.mesh)
@@ -215,7 +215,7 @@ def distill(config, workdir: str | os.PathLike, teacher_workdir: str | None = No
 
 
 def train(config, workdir: str | os.PathLike, init_from_published: str | None = None,
-          teacher: distillation.Teacher | None = None) -> training_state.TrainState:
+          teacher: distillation.TeacherModel | None = None) -> training_state.TrainState:
     """Train from scratch, from the newest checkpoint in workdir, or from published weights.
 
     Writes workdir/checkpoints, workdir/checkpoints-meta, workdir/tensorboard,
@@ -257,7 +257,7 @@ def _hold_workdir(workdir: epath.Path) -> Iterator[None]:
 
 def _train(config, workdir: epath.Path, init_from_published: str | None,
            guard: preemption.PreemptionGuard,
-           teacher: distillation.Teacher | None = None) -> training_state.TrainState:
+           teacher: distillation.TeacherModel | None = None) -> training_state.TrainState:
     t = Trainer(config, workdir, teacher)
     ckpts = checkpoints.Checkpoints(workdir)
     writer = log.MetricWriter(workdir)
@@ -280,7 +280,7 @@ def _train(config, workdir: epath.Path, init_from_published: str | None,
 
 
 def _starting_state(t: Trainer, ckpts: checkpoints.Checkpoints,
-                    init_from_published: str | None, teacher: distillation.Teacher | None):
+                    init_from_published: str | None, teacher: distillation.TeacherModel | None):
     """(state, the step it resumes from or None): the newest checkpoint of the workdir, else a
     new state started from the teacher (CD), from published weights, or from scratch."""
     state, resumed = ckpts.restore_latest(t.abstract_state())
@@ -363,7 +363,7 @@ def _loop(t: Trainer, state, saves: _CheckedSaves, writer, guard: preemption.Pre
             if snapshot or _crossed(step, int(tr.snapshot_freq_for_preemption)):
                 saves.save(step, state, bad, snapshot)
             if snapshot and tr.get("snapshot_sampling", False):
-                sampler = sampler or Sampler(config, t.sde, t.eps, t.model, t.mesh,
+                sampler = sampler or ConfigSampler(config, t.sde, t.eps, t.model, t.mesh,
                                              n=int(tr.batch_size))
                 _snapshot_samples(sampler, state, step, t.workdir, writer, config)
             if stop_before is not None and bool(stop_before):  # every process, same step
@@ -400,7 +400,7 @@ def _stop_preempted(saves: _CheckedSaves, state, step: int, bad: jax.Array, snap
                                str(saves.workdir / kind / str(step)))
 
 
-def _snapshot_samples(sampler: Sampler, state, step: int, workdir: epath.Path, writer,
+def _snapshot_samples(sampler: ConfigSampler, state, step: int, workdir: epath.Path, writer,
                       config) -> None:
     rng = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 2), step)
     images, nfe = sampler(state.ema_params, rng)

@@ -29,10 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from configs.digits_cond import get_config  # noqa: E402
 from score_sde import controllable as C  # noqa: E402
 from score_sde import editing_modes, sde_lib, train  # noqa: E402
 from score_sde import logging_utils as log  # noqa: E402
+from score_sde.configs.digits_cond import get_config  # noqa: E402
 from score_sde.data import get_data_inverse_scaler  # noqa: E402
 from score_sde.metrics import digits_classifier as dc  # noqa: E402
 from score_sde.models import get_model  # noqa: E402

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs.tiny import get_config
-from score_sde import models, parallel, sampling, sde_lib, train
+from score_sde import inference, models, parallel, sampling, sde_lib
 
 
 def _config(guidance_scale, class_labels=(3, 7)):
@@ -39,7 +39,7 @@ def test_guidance_scale_changes_samples_not_their_cost():
         params = models.init_model(jax.random.PRNGKey(0), config)
         # Non-zero output layers, so that the class embedding reaches the score.
         params = jax.tree.map(lambda p: p + 0.05, params)
-        sampler = train.Sampler(config, sde, eps, model, mesh, n=4)
+        sampler = inference.ConfigSampler(config, sde, eps, model, mesh, n=4)
         results[w] = sampler(params, jax.random.PRNGKey(1))
     (x0, nfe0), (x3, nfe3) = results[0.0], results[3.0]
     assert x0.shape == (4, 8, 8, 1) and nfe0 == nfe3 == 4

@@ -230,7 +230,7 @@ def test_the_optimised_grid_lowers_the_error_on_fresh_draws(tmp_path):
 @pytest.mark.slow
 def test_optimize_grid_mode_writes_a_grid_that_samples(tmp_path, capsys):
     """--mode optimize_grid on a tiny trained run: the grid file beside the checkpoints, the
-    printed override, and sampling on it through the config (inference.Sampler)."""
+    printed override, and sampling on it through the config (inference.ConfigSampler)."""
     from score_sde import inference, main, train
     from tests import driver_configs
 
@@ -257,12 +257,12 @@ def test_optimize_grid_mode_writes_a_grid_that_samples(tmp_path, capsys):
     r = inference.Restorer(config, tmp_path)
     state, _ = r.restore()
     r.close()
-    images, nfe = inference.Sampler(config, r.sde, r.eps, r.model, r.mesh, n=8)(
+    images, nfe = inference.ConfigSampler(config, r.sde, r.eps, r.model, r.mesh, n=8)(
         state.ema_params, jax.random.PRNGKey(0))
     assert images.shape == (8, 8, 8, 1) and nfe == 4
     config.sampling.nfe = 5  # a grid file made for another NFE
     with pytest.raises(ValueError, match=r"nfe=4 \(4 steps\); this sampler takes 5 steps"):
-        inference.Sampler(config, r.sde, r.eps, r.model, r.mesh, n=8)
+        inference.ConfigSampler(config, r.sde, r.eps, r.model, r.mesh, n=8)
 
 
 def test_the_start_grid_is_placed_for_the_configs_data_scale():

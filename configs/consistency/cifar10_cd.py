@@ -13,8 +13,8 @@ Teacher: the published score_sde DDPM++ (cont., VP) release, converted on the fl
 network (61.8M parameters) with EDM's inputs (sigma_data 0.5) and starts from its weights.
 """
 
-from configs.consistency import make_consistency
-from configs.vp.cifar10_ddpmpp_continuous import get_config as get_teacher_config
+from score_sde.configs.consistency import make_consistency
+from score_sde.configs.vp.cifar10_ddpmpp_continuous import get_config as get_teacher_config
 
 
 def get_config():

@@ -6,8 +6,8 @@ sampling at sigma = 0.821. Network: DDPM++ (cont.) of the score_sde release with
 (the paper's NCSN++ of EDM differs in details).
 """
 
-from configs.consistency import make_consistency
-from configs.vp.cifar10_ddpmpp_continuous import get_config as get_network_config
+from score_sde.configs.consistency import make_consistency
+from score_sde.configs.vp.cifar10_ddpmpp_continuous import get_config as get_network_config
 
 
 def get_config():

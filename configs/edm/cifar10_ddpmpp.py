@@ -12,7 +12,7 @@ rescale), not EDM's SongUNet re-implementation, and EDM's EMA ramp-up (half-life
 5% of the images seen) is approximated by config.model.ema_warmup.
 """
 
-from configs.vp.cifar10_ddpmpp_continuous import get_config as get_ddpmpp_config
+from score_sde.configs.vp.cifar10_ddpmpp_continuous import get_config as get_ddpmpp_config
 
 
 def get_config():

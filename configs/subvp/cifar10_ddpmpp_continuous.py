@@ -1,6 +1,6 @@
 """DDPM++ (cont.) on CIFAR-10 with the sub-VP SDE."""
 
-from configs.default_cifar10_configs import get_default_configs
+from score_sde.configs.default_cifar10_configs import get_default_configs
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """NCSN++ on CelebA 64px, discrete SMLD training."""
 
-from configs.default_celeba_configs import get_default_configs
+from score_sde.configs.default_celeba_configs import get_default_configs
 
 
 def get_config():

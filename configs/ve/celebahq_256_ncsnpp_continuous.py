@@ -1,6 +1,6 @@
 """NCSN++ (cont.) on CelebA-HQ 256px with the VE SDE."""
 
-from configs.default_lsun_configs import get_default_configs
+from score_sde.configs.default_lsun_configs import get_default_configs
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """DDPM++ on CIFAR-10, discrete DDPM training."""
 
-from configs.default_cifar10_configs import get_default_configs
+from score_sde.configs.default_cifar10_configs import get_default_configs
 
 
 def get_config():

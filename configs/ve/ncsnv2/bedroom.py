@@ -1,6 +1,6 @@
 """NCSNv2 on LSUN bedroom at 128px (SMLD, discrete noise levels, annealed Langevin sampling)."""
 
-from configs.default_lsun_configs import get_default_configs
+from score_sde.configs.default_lsun_configs import get_default_configs
 
 
 def get_config():

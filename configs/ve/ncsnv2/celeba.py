@@ -1,6 +1,6 @@
 """NCSNv2 on CelebA 64px (SMLD, discrete noise levels, annealed Langevin sampling)."""
 
-from configs.default_celeba_configs import get_default_configs
+from score_sde.configs.default_celeba_configs import get_default_configs
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """NCSNv2 on CIFAR-10 (SMLD, discrete noise levels, annealed Langevin sampling)."""
 
-from configs.default_cifar10_configs import get_default_configs
+from score_sde.configs.default_cifar10_configs import get_default_configs
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """DDPM on LSUN church_outdoor 256px."""
 
-from configs.default_lsun_configs import get_default_configs
+from score_sde.configs.default_lsun_configs import get_default_configs
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """DDPM on CIFAR-10 without time conditioning (NCSNv2 technique 3)."""
 
-from configs.default_cifar10_configs import get_default_configs
+from score_sde.configs.default_cifar10_configs import get_default_configs
 
 
 def get_config():
