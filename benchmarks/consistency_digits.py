@@ -93,26 +93,27 @@ def grads(args) -> list:
     from score_sde import consistency_losses as cl
     from score_sde import distillation
     from score_sde.data import get_data_scaler, get_dataset
-    from score_sde.models import consistency as cm
+    from score_sde.models import consistency as consistency_models
     from score_sde.models import utils as mutils
+    from score_sde.sampling import steps
 
     base = _config("configs/digits_cd.py")
     teacher = distillation.load_teacher(base, args.teacher_workdir)
     params = jax.tree.map(jnp.asarray, teacher.params)
     x = jnp.asarray(get_data_scaler(base)(get_dataset(base, "train").batch(0)["image"]))
     sig = cl.levels_of(base)
-    denoiser = cl.edm_denoiser(teacher.sde, mutils.get_denoiser_fn(
-        teacher.sde, teacher.model, params, continuous=True))
+    denoiser = steps.edm_denoiser(teacher.sde, steps.data_prediction(
+        teacher.sde, mutils.get_score_fn(teacher.sde, teacher.model, params, continuous=True)))
     rows = []
     for name in ("l2", "pseudo_huber"):
         base.consistency.distance = name
-        param, distance = cm.from_config(base, teacher.sde), cl._distance(base)
+        param, distance = consistency_models.from_config(base, teacher.sde), cl._distance(base)
 
         def loss(p, s_cur, s_next, key, param=param, distance=distance):
             full = lambda u: jnp.full((x.shape[0],), u, jnp.float32)  # noqa: E731
             student, target = cl.cd_outputs(
-                cm.get_consistency_fn(param, teacher.model, p, True, key),
-                cm.get_consistency_fn(param, teacher.model, params, True, key),
+                consistency_models.get_consistency_fn(param, teacher.model, p, True, key),
+                consistency_models.get_consistency_fn(param, teacher.model, params, True, key),
                 lambda u, a, b: cl.ode_step(denoiser, u, a, b, "heun"), x,
                 jax.random.normal(key, x.shape), full(s_cur), full(s_next))
             return jnp.mean(distance(student, target))

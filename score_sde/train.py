@@ -414,3 +414,9 @@ def _snapshot_samples(sampler: ConfigSampler, state, step: int, workdir: epath.P
         writer.image(step, "samples", log.image_grid(images))
         log.say(f"Wrote {len(images)} samples ({nfe} network evaluations each) to {path}")
 
+
+
+def __getattr__(name: str):
+    if name == "Sampler":
+        raise ImportError("train.Sampler is now score_sde.inference.ConfigSampler")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ from score_sde import analytic, losses, sde_lib
 from score_sde.likelihood import get_likelihood_fn
 from score_sde.models import parameterization as param_lib
 from score_sde.models import utils as mutils
-from score_sde.sampling import get_sampler
+from score_sde.sampling import get_sampler, steps
 from tests import test_sampling as ts
 
 SDE = sde_lib.EDMSDE()  # sigma in [0.002, 80]
@@ -67,8 +67,8 @@ def test_preconditioning_round_trips_to_the_posterior_mean():
     x = jax.random.normal(jax.random.PRNGKey(0), (6, 4, 4, 1)) * 3.0
     t = jnp.asarray([0.002, 0.05, 0.5, 2.0, 20.0, 80.0])
     model = ExactNetwork(exact_denoiser(S_TRUE), PARAM)
-    denoiser = mutils.get_denoiser_fn(SDE, model, None, parameterization=PARAM)
     score_fn = mutils.get_score_fn(SDE, model, None, parameterization=PARAM)
+    denoiser = steps.data_prediction(SDE, score_fn)  # the one route to x0_hat
     want = exact_denoiser(S_TRUE)(x, t)
     np.testing.assert_allclose(denoiser(x, t), want, rtol=1e-4, atol=1e-5)
     gauss = analytic.GaussianMixture.gaussian(np.zeros(16), S_TRUE**2 * np.eye(16), (4, 4, 1))
@@ -80,7 +80,8 @@ def test_preconditioning_round_trips_to_the_posterior_mean():
                                rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(x))))
     # A wrong sigma_data in the wrapper changes the result: the check has power.
     other = param_lib.get_parameterization(SDE, sigma_data=0.3)
-    wrong = mutils.get_denoiser_fn(SDE, model, None, parameterization=other)(x, t)
+    wrong = steps.data_prediction(SDE, mutils.get_score_fn(SDE, model, None,
+                                                           parameterization=other))(x, t)
     assert float(jnp.max(jnp.abs(wrong - want))) > 1e-2
 
 

@@ -164,16 +164,8 @@ def trained_score_fn(sde: sde_lib.SDE, model: nn.Module, params, *, continuous: 
     return cfg_from_model(score, labels, int(null_label), w)
 
 
-def get_denoiser_fn(sde: sde_lib.SDE, model: nn.Module, params, train: bool = False,
-                    continuous: bool = True, rng: Array | None = None,
-                    labels: Array | None = None,
-                    parameterization: Parameterization | None = None) -> ScoreFn:
-    """`denoiser(x, t) -> x0_hat = E[x_0 | x_t = x]` for data-prediction solvers; arguments as
-    for `get_score_fn`. For EDM this is D(x; sigma) itself, without a detour through the score."""
-    param = _parameterization(sde, model, continuous, parameterization)
-    model_fn = get_model_fn(model, params, train=train, rng=rng, y=labels)
-
-    def denoiser(x: Array, t: Array) -> Array:
-        return param.x0(param.network_output(model_fn, x, t), x, t)
-
-    return denoiser
+def __getattr__(name: str):
+    if name == "get_denoiser_fn":
+        raise ImportError("models.utils.get_denoiser_fn was removed: x0_hat has one route, "
+                          "score_sde.sampling.steps.data_prediction(sde, get_score_fn(...))")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
