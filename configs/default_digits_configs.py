@@ -87,8 +87,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.scale_by_sigma = False
     model.ema_rate = 0.999
     # EMA rate min(0.999, (1 + step) / (10 + step)): a constant 0.999 keeps 5% of the random
-    # initialisation after 3,000 steps, which ruins the probability-flow samplers (DPM-Solver++
-    # digits FD 82 vs 10 with the warm-up; PC 8.2 vs 7.9).
+    # initialisation after 3,000 steps, which ruins the probability-flow samplers.
     model.ema_warmup = True
     model.normalization = 'GroupNorm'
     model.nonlinearity = 'swish'

@@ -1,11 +1,11 @@
 """Consistency distillation of the EDM digits model (configs/digits_edm.py, the teacher:
 --mode distill --teacher_workdir=DIR): its network, started from its weights, 18 Karras levels,
 a Heun step of the teacher, target = stop-gradient of the student (mu = 0, as published for
-CIFAR-10), lr 4e-4 (published CIFAR-10 CD; 1.4e-4 and 1e-3 were worse on digits). Distance:
+CIFAR-10), lr 4e-4 (published CIFAR-10 CD; the others tried on digits were worse). Distance:
 iCT's pseudo-Huber (c = 0.00054 sqrt(64)) with its weight 1 / (sigma_{n+1} - sigma_n)
 (weighting 'auto'); --config.consistency.distance=l2 gives the published squared L2 with
-uniform weights. 3,001 steps: 1.5-1.7 x the teacher's training cost in CPU time
-(benchmarks/consistency_digits.py cost; 4,001 steps would be 1.9-2.3 x). Sampled in 1 step
+uniform weights. 3,001 steps, within twice the teacher's training cost in CPU time
+(measured: benchmarks/pages/consistency_digits.md). Sampled in 1 step
 (--config.sampling.nfe=2 or 4 for more).
 """
 

@@ -1,9 +1,9 @@
 """Improved consistency training (iCT, Song & Dhariwal 2023) on digits, from scratch, with the
 network of configs/digits_edm.py: pseudo-Huber distance (c = 0.00054 sqrt(64)), weight
 1 / (sigma_{n+1} - sigma_n), log-normal levels (P_mean -1.1, P_std 2), N doubling from 10 to
-160 over the run's 5,000 steps (published 10 -> 1280 over 400k steps), no EMA target; 5,001
-steps cost 1.9-2.2 x the teacher's training in CPU time (benchmarks/consistency_digits.py cost,
-three measurements under load: at the 2 x limit). Sampled in 1 step.
+160 over the run's 5,000 steps (published 10 -> 1280 over 400k steps), no EMA target; the
+training cost against the teacher's is measured in benchmarks/pages/consistency_digits.md.
+Sampled in 1 step.
 """
 
 from score_sde.configs.consistency import make_consistency
