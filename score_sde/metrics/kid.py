@@ -98,12 +98,12 @@ def mmd2_jackknife(xs: Sequence[np.ndarray], y: np.ndarray) -> tuple[float, floa
     variances over every generated row and over every reference row, added.
     """
     y = np.asarray(y, dtype=np.float64)
-    xs = [np.asarray(x, dtype=np.float64) for x in xs]
-    if not xs or any(x.ndim != 2 or x.shape[1] != y.shape[1] or len(x) < 3 for x in xs):
-        raise ValueError(f"xs must be (m >= 3, D) feature sets with D = {y.shape[1:]}, got "
-                         f"{[x.shape for x in xs]}")
     if y.ndim != 2 or len(y) < 3:
         raise ValueError(f"y must be (n >= 3, D), got {y.shape}")
+    xs = [np.asarray(x, dtype=np.float64) for x in xs]
+    if not xs or any(x.ndim != 2 or x.shape[1] != y.shape[1] or len(x) < 3 for x in xs):
+        raise ValueError(f"xs must be (m >= 3, D = {y.shape[1]}) feature sets, got "
+                         f"{[x.shape for x in xs]}")
     syy, ry = _off_diagonal_sums(polynomial_kernel(y, y))
     parts = [_leave_one_out(x, y, syy, ry) for x in xs]
     fulls = np.array([p[0] for p in parts])
