@@ -197,13 +197,13 @@ def _differences(old, new, prefix: str = "") -> list[str]:
 
 
 def _report_digits_fd(out: Path) -> None:
-    """digits FD of this host's samples, next to that of as many real test digits."""
-    from score_sde.metrics.digits_classifier import digits_fd, digits_split
+    """One line: this host's samples scored against the test digits (digits FD, a random
+    feature space's FD, KID, precision / recall), each beside its floor for as many real
+    digits (score_sde.metrics.digits_quality)."""
+    from score_sde.metrics.digits_quality import MIN_SAMPLES, digits_quality
 
     shards = sorted(out.glob("samples_*.npz"))
-    images = np.concatenate([storage.load_npz(p)["samples"] for p in shards]) / 255.0
-    if len(images) < 2:
+    images = np.concatenate([storage.load_npz(p)["samples"] for p in shards])  # uint8
+    if len(images) < MIN_SAMPLES:
         return
-    real = digits_split()[2][: len(images)]
-    log.say(f"digits FD of {len(images)} samples: {digits_fd(images):.2f} "
-            f"({len(real)} real test digits: {digits_fd(real):.2f})")
+    log.say(digits_quality(images).summary())

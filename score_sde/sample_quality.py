@@ -2,9 +2,12 @@
 
 `--mode fid_stats` writes the reference statistics of config.data's split (mu, sigma, features)
 to workdir/<eval_folder>/fid_stats_<dataset>_<split>.npz. Eval mode then scores every
-evaluated checkpoint's sample .npz files: digits FD (the offline metric, no file needed) for the
-embedded digits data, and FID / KID / IS against config.eval.fid_stats with the Inception weights
-of config.eval.inception_weights (a file the user supplies; nothing is downloaded) otherwise.
+evaluated checkpoint's sample .npz files: for the embedded digits data the offline metrics (no
+file needed): digits FD against the train split, and the test-split metrics of
+metrics.digits_quality, each with its floor for as many real digits (fd_classifier, fd_randconv,
+kid_randconv, precision_randconv, recall_randconv, each with _floor and _floor_std); FID / KID /
+IS against config.eval.fid_stats with the Inception weights of config.eval.inception_weights (a
+file the user supplies; nothing is downloaded) otherwise.
 """
 
 from __future__ import annotations
@@ -55,16 +58,28 @@ def fid_stats(config, workdir: str | Path, eval_folder: str = "eval",
     return out
 
 
+def _digits_quality(samples: np.ndarray) -> dict[str, float]:
+    """The matched-floor digits metrics (metrics.digits_quality), also said in one line."""
+    from score_sde.metrics.digits_quality import MIN_SAMPLES, digits_quality
+
+    if len(samples) < MIN_SAMPLES:
+        return {}
+    report = digits_quality(samples)
+    log.say(report.summary())
+    return report.metrics()
+
+
 @register_eval_hook("sample_quality")
 def score_samples(config, sample_dir: Path, step: int) -> dict[str, float]:
-    """digits FD, or FID/KID/IS, of one checkpoint's samples (skipped without reference stats)."""
+    """digits metrics, or FID/KID/IS, of one checkpoint's samples (skipped without reference
+    stats)."""
     files = sample_files(sample_dir)
     if not files:
         return {}
     samples = np.concatenate([storage.load_npz(f)["samples"] for f in files])
     kind = _feature_kind(config)
     if kind == "digits":
-        scores = stats.evaluate_samples(samples, None, "digits")
+        scores = {**stats.evaluate_samples(samples, None, "digits"), **_digits_quality(samples)}
     else:
         ref = config.eval.get("fid_stats", "")
         if not ref or not storage.path(ref).exists():

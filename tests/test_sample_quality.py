@@ -33,10 +33,14 @@ def test_eval_hook_scores_digits_samples(config, tmp_path):
     _write_samples(tmp_path / "real", test_images)
     noise = np.random.default_rng(0).uniform(size=test_images.shape).astype(np.float32)
     _write_samples(tmp_path / "noise", noise)
-    real = sample_quality.score_samples(config, tmp_path / "real", 0)["eval/digits_fd"]
-    fake = sample_quality.score_samples(config, tmp_path / "noise", 0)["eval/digits_fd"]
+    real = sample_quality.score_samples(config, tmp_path / "real", 0)
+    fake = sample_quality.score_samples(config, tmp_path / "noise", 0)
     # The test split scores at the train-vs-test floor (6.7 measured); noise far above it.
-    assert real < 10.0 and fake > 20 * real
+    assert real["eval/digits_fd"] < 10.0 and fake["eval/digits_fd"] > 20 * real["eval/digits_fd"]
+    # The matched-floor metrics (metrics.digits_quality) are added beside the old ones.
+    assert fake["eval/fd_randconv"] > 10 * fake["eval/fd_randconv_floor"]
+    assert fake["eval/precision_randconv"] < 0.5 * real["eval/precision_randconv"]
+    assert {"eval/kid", "eval/kid_randconv_se", "eval/recall_randconv_floor_std"} <= set(real)
     assert sample_quality.score_samples(config, tmp_path / "empty", 0) == {}
 
 

@@ -1,7 +1,10 @@
-"""Sample-quality metrics: Frechet distance (FID, digits FD), KID, Inception Score.
+"""Sample-quality metrics: Frechet distance (FID, digits FD), KID, Inception Score, precision
+and recall; for digits, all of them beside sample-size-matched floors
+(`score_sde.metrics.digits_quality.digits_quality`).
 
 Feature networks: the FID Inception-v3 (`inception`, weights supplied by the user, never
-downloaded) and a small digits classifier shipped with the package (`digits_classifier`).
+downloaded), a small digits classifier shipped with the package (`digits_classifier`) and a
+fixed random convolutional feature map (`random_features`, nothing trained).
 The Inception network (and torch, for reading .pth weights) is imported only when needed.
 """
 

@@ -11,7 +11,7 @@ scipy.linalg.sqrtm of S1 S2 can return complex or non-finite values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -20,6 +20,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_features",
     "frechet_distance_from_stats",
+    "frechet_distance_to",
     "sqrtm_psd",
     "trace_sqrt_product",
 ]
@@ -51,7 +52,11 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     s2 = _as_matrix("sigma2", sigma2)
     if s1.shape != s2.shape:
         raise ValueError(f"covariance shapes differ: {s1.shape} vs {s2.shape}")
-    root1 = sqrtm_psd(s1)
+    return _trace_sqrt_with_root(sqrtm_psd(s1), s2)
+
+
+def _trace_sqrt_with_root(root1: np.ndarray, s2: np.ndarray) -> float:
+    """tr((sigma1 @ sigma2)^(1/2)) given root1 = sigma1^(1/2)."""
     m = root1 @ (0.5 * (s2 + s2.T)) @ root1
     w = np.linalg.eigvalsh(0.5 * (m + m.T))
     return float(np.sum(np.sqrt(np.clip(w, 0.0, None))))
@@ -95,3 +100,23 @@ def frechet_distance_from_stats(stats1: Mapping, stats2: Mapping) -> float:
         if missing:
             raise KeyError(f"{name} lacks {sorted(missing)}; it must have keys 'mu' and 'sigma'")
     return frechet_distance(stats1["mu"], stats1["sigma"], stats2["mu"], stats2["sigma"])
+
+
+def frechet_distance_to(reference: Mapping) -> Callable[[np.ndarray], float]:
+    """`fd(features (N, D)) -> float`: the Frechet distance of each feature set's Gaussian fit
+    to one fixed reference {'mu', 'sigma'}, whose covariance root is computed once (the same
+    distance as `frechet_distance`, with the reference as the first argument)."""
+    mu_ref = np.asarray(reference["mu"], dtype=np.float64).reshape(-1)
+    sigma_ref = _as_matrix("reference sigma", reference["sigma"])
+    root = sqrtm_psd(sigma_ref)
+    trace_ref = float(np.trace(sigma_ref))
+
+    def fd(features: np.ndarray) -> float:
+        mu, sigma = feature_statistics(features)
+        if mu.shape != mu_ref.shape:
+            raise ValueError(f"features have dimension {mu.size}, the reference {mu_ref.size}")
+        diff = mu_ref - mu
+        value = diff @ diff + trace_ref + np.trace(sigma) - 2.0 * _trace_sqrt_with_root(root, sigma)
+        return float(max(value, 0.0))
+
+    return fd
