@@ -29,6 +29,7 @@ over or passed as static arguments under `jax.jit`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import jax
@@ -50,6 +51,16 @@ LINEAR = frozenset({"linear", "adjoint"})
 ALL = frozenset(CAPABILITIES)
 # Singular values at or below PINV_RCOND * max(s) count as zero in `pinv`.
 PINV_RCOND = 1e-6
+
+
+# Operators are frozen dataclasses, hashable by identity (their numpy tables are not
+# comparable), so they can be static jit arguments; repr is Operator's short description.
+operator_dataclass = dataclasses.dataclass(frozen=True, eq=False, repr=False)
+
+
+def as_shape(shape) -> tuple[int, ...]:
+    """A shape as a tuple of Python ints."""
+    return tuple(int(d) for d in shape)
 
 
 def require(operator: Operator, capability: str, *, method: str) -> None:

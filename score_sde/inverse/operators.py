@@ -13,25 +13,23 @@ trailing shapes it says so. Every SVD ordering below is row-major over the axes 
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 
 from score_sde.controllable import color_basis
-from score_sde.inverse.base import PINV_RCOND, Array, SVDOperator, per_example
-
-_frozen = dataclasses.dataclass(frozen=True, eq=False, repr=False)
-
-
-def _shape(shape) -> tuple[int, ...]:
-    return tuple(int(d) for d in shape)
-
+from score_sde.inverse.base import (
+    PINV_RCOND,
+    Array,
+    SVDOperator,
+    as_shape,
+    operator_dataclass,
+    per_example,
+)
 
 # ------------------------------------------------------------------------- dense matrix
 
 
-@_frozen
+@operator_dataclass
 class MatrixOperator(SVDOperator):
     """y = A x_flat for a dense (m, n) matrix A on the flattened example.
 
@@ -50,8 +48,8 @@ class MatrixOperator(SVDOperator):
         if a.ndim != 2:
             raise ValueError(f"MatrixOperator: matrix must be 2-D (m, n), got shape {a.shape}")
         m, n = a.shape
-        self._set(input_shape=_shape(self.input_shape or (n,)),
-                  observation_shape=_shape(self.observation_shape or (m,)))
+        self._set(input_shape=as_shape(self.input_shape or (n,)),
+                  observation_shape=as_shape(self.observation_shape or (m,)))
         if (self.observation_size, self.input_size) != (m, n):
             raise ValueError(f"MatrixOperator: matrix shape {a.shape} does not map input_shape "
                              f"{self.input_shape} to observation_shape {self.observation_shape}")
@@ -87,14 +85,15 @@ class MatrixOperator(SVDOperator):
 # ----------------------------------------------------------------------------- identity
 
 
-@_frozen
+@operator_dataclass
 class IdentityOperator(SVDOperator):
     """y = x (denoising). SVD: U = V = flattening (row-major), s = ones(n)."""
 
     input_shape: tuple[int, ...]
 
     def __post_init__(self):
-        self._set(input_shape=_shape(self.input_shape), observation_shape=_shape(self.input_shape))
+        shape = as_shape(self.input_shape)
+        self._set(input_shape=shape, observation_shape=shape)
 
     def _forward(self, x):
         return x
@@ -123,7 +122,7 @@ class IdentityOperator(SVDOperator):
 # ------------------------------------------------------------------------------- masks
 
 
-@_frozen
+@operator_dataclass
 class MaskOperator(SVDOperator):
     """Inpainting: y = the entries of x where `mask` is True, all channels of each.
 
@@ -139,7 +138,7 @@ class MaskOperator(SVDOperator):
 
     def __post_init__(self):
         mask = np.asarray(self.mask, bool)
-        shape = _shape(self.input_shape)
+        shape = as_shape(self.input_shape)
         if mask.ndim < 1 or mask.shape != shape[: mask.ndim]:
             raise ValueError(f"MaskOperator: mask shape {mask.shape} must be a leading part of "
                              f"input_shape {shape}")
@@ -239,7 +238,7 @@ class _GroupMeanOperator(SVDOperator):
         return np.full(self._groups, 1.0 / np.sqrt(self._k), np.float32)
 
 
-@_frozen
+@operator_dataclass
 class ColorizationOperator(_GroupMeanOperator):
     """Grey = mean over the channels (last axis, C >= 2): (..., C) -> (..., 1).
 
@@ -251,7 +250,7 @@ class ColorizationOperator(_GroupMeanOperator):
     input_shape: tuple[int, ...]
 
     def __post_init__(self):
-        shape = _shape(self.input_shape)
+        shape = as_shape(self.input_shape)
         if len(shape) < 1 or shape[-1] < 2:
             raise ValueError(f"ColorizationOperator: input_shape must end in C >= 2 channels, "
                              f"got {shape}")
@@ -265,7 +264,7 @@ class ColorizationOperator(_GroupMeanOperator):
         return g.reshape((-1,) + self.input_shape)
 
 
-@_frozen
+@operator_dataclass
 class AvgPoolOperator(_GroupMeanOperator):
     """Super-resolution by average pooling: the mean of each f x f block of the first two axes.
 
@@ -277,7 +276,7 @@ class AvgPoolOperator(_GroupMeanOperator):
     factor: int = 2
 
     def __post_init__(self):
-        shape, f = _shape(self.input_shape), int(self.factor)
+        shape, f = as_shape(self.input_shape), int(self.factor)
         if f < 2 or len(shape) < 2 or shape[0] % f or shape[1] % f:
             raise ValueError(f"AvgPoolOperator: factor={self.factor} must be >= 2 and divide "
                              f"the first two axes of input_shape {shape}")
@@ -322,7 +321,7 @@ def bicubic_matrix(size: int, factor: int, a: float = -0.5) -> np.ndarray:
     return w / w.sum(axis=1, keepdims=True)
 
 
-@_frozen
+@operator_dataclass
 class SeparableOperator(SVDOperator):
     """y = A_h X A_w^T on the first two axes, for each trailing entry: (H, W, *rest) ->
     (o_h, o_w, *rest), with o_h <= H and o_w <= W.
@@ -341,7 +340,7 @@ class SeparableOperator(SVDOperator):
 
     def __post_init__(self):
         ah, aw = np.asarray(self.matrix_h, np.float64), np.asarray(self.matrix_w, np.float64)
-        shape = _shape(self.input_shape)
+        shape = as_shape(self.input_shape)
         if (len(shape) < 2 or ah.ndim != 2 or aw.ndim != 2 or ah.shape[1] != shape[0]
                 or aw.shape[1] != shape[1] or ah.shape[0] > ah.shape[1]
                 or aw.shape[0] > aw.shape[1]):
@@ -395,7 +394,7 @@ class SeparableOperator(SVDOperator):
 def bicubic_downsampling(input_shape: tuple[int, ...], factor: int = 4) -> SeparableOperator:
     """Super-resolution by antialiased bicubic downsampling by `factor` of the first two axes:
     a SeparableOperator with bicubic_matrix on each axis (see both for conventions)."""
-    shape = _shape(input_shape)
+    shape = as_shape(input_shape)
     if len(shape) < 2:
         raise ValueError(f"bicubic_downsampling: input_shape needs two spatial axes, got {shape}")
     return SeparableOperator(bicubic_matrix(shape[0], factor), bicubic_matrix(shape[1], factor),

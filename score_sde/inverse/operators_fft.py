@@ -14,20 +14,25 @@ Fourier basis, U = V followed by the all-pass filter K / |K| (1 where K = 0).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.inverse.base import PINV_RCOND, Array, Operator, SVDOperator, per_example
+from score_sde.inverse.base import (
+    PINV_RCOND,
+    Array,
+    Operator,
+    SVDOperator,
+    as_shape,
+    operator_dataclass,
+    per_example,
+)
 
-_frozen = dataclasses.dataclass(frozen=True, eq=False, repr=False)
 _AXES = (1, 2)
 SELF, RE, IM = 0, 1, 2  # the parts of a real Fourier coordinate
 
 
 def _spatial(shape) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in shape)
+    shape = as_shape(shape)
     if len(shape) < 2 or min(shape[:2]) < 1:
         raise ValueError(f"input_shape must be (H, W, *rest), got {shape}")
     return shape
@@ -116,7 +121,7 @@ def wrap_kernel(kernel: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-@_frozen
+@operator_dataclass
 class ConvolutionOperator(SVDOperator):
     """Blur: y = k (*) x, circular 2-D convolution (periodic boundary) of each trailing entry.
 
@@ -231,7 +236,7 @@ def _mri_layout(mask: np.ndarray):
     return freq, part, s, sparse
 
 
-@_frozen
+@operator_dataclass
 class MRIOperator(SVDOperator):
     """Single-coil MRI: y = the sampled entries of the unitary 2-D DFT of x (k-space).
 
@@ -307,7 +312,7 @@ class MRIOperator(SVDOperator):
 # ------------------------------------------------------------------------ phase retrieval
 
 
-@_frozen
+@operator_dataclass
 class PhaseRetrievalOperator(Operator):
     """Fourier phase retrieval (nonlinear, forward only): y = |DFT(pad(x))|.
 

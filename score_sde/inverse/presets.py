@@ -1,7 +1,10 @@
 """The standard restoration benchmark's operators by name: `get_operator(name, image_shape)`.
 
 Sizes are scaled to the image where the benchmark states them for 256 x 256 (the inpainting
-box is half of each side). Data are on [-1, 1]; the benchmark's observation noise is
+box is half of each side). The blur kernels keep their 61 x 61 size on every image: on an
+image smaller than the kernel it wraps around (circular convolution with the full kernel,
+operators_fft.wrap_kernel). The motion kernel is kernels.motion_kernel's random trajectory,
+deterministic by its seed. Data are on [-1, 1]; the benchmark's observation noise is
 DEFAULT_SIGMA_Y (the posterior sampler takes sigma_y, the operator does not).
 """
 
@@ -12,7 +15,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from score_sde.inverse.base import Operator
+from score_sde.inverse.base import Operator, as_shape
 from score_sde.inverse.kernels import gaussian_kernel, motion_kernel
 from score_sde.inverse.masks import box_mask, kspace_line_mask, random_mask
 from score_sde.inverse.operators import (
@@ -101,4 +104,4 @@ def get_operator(name: str, image_shape: tuple[int, ...], **overrides) -> Operat
     if unknown:
         raise ValueError(f"operator preset {name!r} takes params {sorted(preset.params)}; got "
                          f"unknown {unknown}")
-    return preset.build(tuple(int(d) for d in image_shape), **{**preset.params, **overrides})
+    return preset.build(as_shape(image_shape), **{**preset.params, **overrides})

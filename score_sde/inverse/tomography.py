@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.inverse.base import LINEAR, Array, LinearOperator, per_example
+from score_sde.inverse.base import (
+    LINEAR,
+    Array,
+    LinearOperator,
+    as_shape,
+    operator_dataclass,
+    per_example,
+)
 
 
 def _bilinear(image: Array, rows: Array, cols: Array) -> Array:
@@ -54,7 +60,7 @@ def conjugate_gradients(matvec, rhs: Array, maxiter: int, tol: float) -> Array:
     return jax.lax.while_loop(more, step, init)[1]
 
 
-@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+@operator_dataclass
 class RadonOperator(LinearOperator):
     """Parallel-beam CT: line integrals of x along n_angles directions theta_a = a * pi / n.
 
@@ -80,7 +86,7 @@ class RadonOperator(LinearOperator):
     iterative = frozenset({"pinv", "solve_normal"})
 
     def __post_init__(self):
-        shape = tuple(int(d) for d in self.input_shape)
+        shape = as_shape(self.input_shape)
         if len(shape) < 2 or min(shape[:2]) < 1 or int(self.n_angles) < 1:
             raise ValueError(f"RadonOperator: input_shape must be (H, W, *rest) and n_angles "
                              f">= 1, got {shape}, {self.n_angles}")
