@@ -10,6 +10,8 @@ Operators (this package's first part; posterior samplers build on them):
   presets        the standard benchmark's operators by name: get_operator(name, image_shape)
 """
 
+# The posterior methods register themselves when imported.
+from score_sde.inverse import daps, guidance, merge, svd_methods  # noqa: F401
 from score_sde.inverse.base import (
                                     CAPABILITIES,
                                     PINV_RCOND,
@@ -37,15 +39,18 @@ from score_sde.inverse.operators_fft import (
                                     RealFourierBasis,
                                     wrap_kernel,
 )
+from score_sde.inverse.posterior import POSTERIOR_METHODS, get_posterior_sampler
 from score_sde.inverse.presets import DEFAULT_SIGMA_Y, OPERATOR_PRESETS, Preset, get_operator
 from score_sde.inverse.tomography import RadonOperator
 
 __all__ = [
-    "CAPABILITIES", "DEFAULT_SIGMA_Y", "OPERATOR_PRESETS", "PINV_RCOND", "AvgPoolOperator",
+    "CAPABILITIES", "DEFAULT_SIGMA_Y", "OPERATOR_PRESETS", "POSTERIOR_METHODS", "PINV_RCOND",
+    "AvgPoolOperator",
     "ColorizationOperator", "ConvolutionOperator", "IdentityOperator", "LinearOperator",
     "MRIOperator", "MaskOperator", "MatrixOperator", "Operator", "PhaseRetrievalOperator",
     "Preset", "RadonOperator", "RealFourierBasis", "SVDOperator", "SeparableOperator",
     "bicubic_downsampling", "bicubic_matrix", "box_mask", "gaussian_kernel", "get_operator",
+    "get_posterior_sampler",
     "kspace_line_mask", "kspace_point_mask", "motion_kernel", "random_mask", "require",
     "wrap_kernel",
 ]

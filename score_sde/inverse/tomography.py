@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -16,6 +15,7 @@ from score_sde.inverse.base import (
     operator_dataclass,
     per_example,
 )
+from score_sde.inverse.linalg import conjugate_gradients
 
 
 def _bilinear(image: Array, rows: Array, cols: Array) -> Array:
@@ -34,30 +34,6 @@ def _bilinear(image: Array, rows: Array, cols: Array) -> Array:
               * ((r >= 0) & (r < height) & (c >= 0) & (c < width)))
     values = image[:, jnp.clip(r, 0, height - 1), jnp.clip(c, 0, width - 1)]
     return jnp.sum(weight[..., None] * values, axis=1)
-
-
-def conjugate_gradients(matvec, rhs: Array, maxiter: int, tol: float) -> Array:
-    """Solve matvec(x) = rhs for a batch (B, ...) of symmetric positive semi-definite systems
-    (one per example), from x = 0; an example stops once its residual is <= tol * |rhs|."""
-    dot = lambda a, b: jnp.sum((a * b).reshape(a.shape[0], -1), axis=1)
-    col = lambda v: v.reshape(v.shape + (1,) * (rhs.ndim - 1))
-    stop = (tol * jnp.sqrt(dot(rhs, rhs))) ** 2
-
-    def step(state):
-        i, x, r, p, rr = state
-        ap = matvec(p)
-        active = rr > stop
-        alpha = jnp.where(active, rr / jnp.where(active, dot(p, ap), 1.0), 0.0)
-        x, r = x + col(alpha) * p, r - col(alpha) * ap
-        rr_new = dot(r, r)
-        beta = jnp.where(active, rr_new / jnp.where(active, rr, 1.0), 0.0)
-        return i + 1, x, r, r + col(beta) * p, jnp.where(active, rr_new, rr)
-
-    def more(state):
-        return (state[0] < maxiter) & jnp.any(state[4] > stop)
-
-    init = (0, jnp.zeros_like(rhs), rhs, rhs, dot(rhs, rhs))
-    return jax.lax.while_loop(more, step, init)[1]
 
 
 @operator_dataclass
