@@ -3,8 +3,9 @@
 A chain over decreasing noise levels t_0 = T > t_1 > ... > t_{L-1} = eps. At each level, from
 the state x_t:
   1. x0_hat: the probability-flow ODE from t down to noise 0 in ode_steps data-prediction
-     calls (DDIM's exponential-integrator steps, sampling.steps, then the data prediction at
-     the last point; ode_steps = 1 is Tweedie's x0_hat);
+     calls (DDIM's steps, Euler in EDM's variables: sampling.steps.euler_step, on a grid
+     uniform in log-SNR down to eps, then the data prediction there; ode_steps = 1 is
+     Tweedie's x0_hat);
   2. x0 ~ p(x0 | x_t, y) ∝ N(x0; x0_hat, r_t^2 I) exp(-||y - A(x0)||^2 / (2 sigma_y^2)) by
      langevin_steps unadjusted Langevin steps on x0, the likelihood's gradient by autodiff of
      the forward operator only (no gradient through the network, so nonlinear operators and
@@ -34,7 +35,7 @@ from score_sde.inverse.guidance import posterior_variance
 from score_sde.inverse.linalg import batch_dot
 from score_sde.inverse.posterior import register_posterior
 from score_sde.sampling.common import full_t, initial_state, schedule, step_times
-from score_sde.sampling.steps import data_prediction, exponential_coeffs, exponential_step
+from score_sde.sampling.steps import data_prediction, denoiser_at_time, euler_step
 from score_sde.sde_lib import SDE, batch_mul
 
 Array = jax.Array
@@ -95,10 +96,9 @@ def daps_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: in
         raise ValueError(f"daps: nfe={nfe} is below ode_steps={ode_steps} (one level's cost)")
     ts = (np.asarray([sde.T], np.float32) if levels == 1
           else step_times("daps", sde, eps, None, grid, levels - 1, data_scale=data_scale))
-    inner = ode_grids(sde, ts, int(ode_steps), eps)                # (ode_steps, L)
-    coeffs = exponential_coeffs(*schedule_2d(sde, inner), order=1)  # DDIM steps, (k - 1, L)
-    coeffs = jax.tree.map(lambda c: jnp.asarray(c, jnp.float32 if np.asarray(c).dtype.kind
-                                                == "f" else jnp.int32), coeffs)
+    inner = ode_grids(sde, ts, int(ode_steps), eps)  # (ode_steps, L)
+    alpha_in, sigma_in, _ = schedule_2d(sde, inner)
+    rho_in = jnp.asarray(sigma_in / alpha_in, jnp.float32)
     alpha, sigma, _ = schedule(sde, ts)
     alpha, sigma = (jnp.asarray(np.append(v, 0.0 if k else 1.0), jnp.float32)
                     for k, v in enumerate((alpha, sigma)))  # the last level renoises to nothing
@@ -106,17 +106,20 @@ def daps_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: in
 
     def sample(rng, score_fn, y):
         x0_hat = data_prediction(sde, score_fn)
+        denoise = denoiser_at_time(sde, x0_hat)
         x, rng = initial_state(sde, rng, shape, sharding)
-        norm2 = operator_norm(operator, x, jax.random.fold_in(rng, -1)) ** 2
+        rng, norm_rng = jax.random.split(rng)
+        norm2 = operator_norm(operator, x, norm_rng) ** 2
 
-        def ode(x, level):
-            def step(x, j):
-                m = x0_hat(x, full_t(inner[j, level], x))
-                c = jax.tree.map(lambda v: v[j, level], coeffs)
-                return exponential_step(x, m, m, m, c), None
+        def ode(x, level):  # DDIM (Euler in EDM's variables) from the level to noise 0
+            def step(x_edm, j):
+                d = denoise(x_edm, full_t(inner[j, level], x_edm))
+                return euler_step(x_edm, rho_in[j, level], rho_in[j + 1, level], d), None
 
-            x, _ = jax.lax.scan(step, x, jnp.arange(inner.shape[0] - 1))
-            return x0_hat(x, full_t(inner[-1, level], x))
+            x_edm = batch_mul(1.0 / sde.marginal_coeffs(full_t(inner[0, level], x))[0], x)
+            if inner.shape[0] > 1:
+                x_edm, _ = jax.lax.scan(step, x_edm, jnp.arange(inner.shape[0] - 1))
+            return denoise(x_edm, full_t(inner[-1, level], x_edm))
 
         def level_step(carry, level):
             x, _ = carry

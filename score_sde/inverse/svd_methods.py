@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.inverse.base import Operator
+from score_sde.inverse.base import PINV_RCOND, Operator
 from score_sde.inverse.posterior import register_posterior
 from score_sde.sampling.common import full_t, schedule, step_times
 from score_sde.sampling.steps import data_prediction, denoiser_at_time
@@ -36,17 +36,15 @@ Array = jax.Array
 class Spectrum:
     """The operator's SVD as DDRM uses it: per V coordinate (n,), observed or not, and the
     observation's coordinates y_bar (B, n) and noise levels sigma_y / s (n,), inf where not
-    observed (jnp, so that sigma_y may be traced)."""
+    observed (jnp throughout, so that sigma_y and the singular values may be traced)."""
 
     def __init__(self, operator: Operator, sigma_y):
-        s = np.zeros(operator.input_size, np.float32)
-        values = np.asarray(operator.singular_values, np.float32)
-        s[: values.size] = values
-        rcond = getattr(operator, "rcond", 1e-6)
-        self.observed = jnp.asarray(s > rcond * (s.max() if s.size else 0.0))
-        self.s = jnp.asarray(np.where(s > 0, s, 1.0))
-        self.rank = values.size
-        self.operator = operator
+        values = jnp.asarray(operator.singular_values, jnp.float32)
+        self.rank, self.operator = values.shape[0], operator
+        s = jnp.pad(values, (0, operator.input_size - self.rank))
+        rcond = getattr(operator, "rcond", PINV_RCOND)
+        self.observed = s > rcond * (jnp.max(s) if self.rank else 0.0)
+        self.s = jnp.where(self.observed, s, 1.0)
         self.noise = jnp.where(self.observed, jnp.asarray(sigma_y, jnp.float32) / self.s, jnp.inf)
 
     def y_bar(self, y: Array) -> Array:
