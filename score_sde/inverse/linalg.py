@@ -27,7 +27,9 @@ def conjugate_gradients(matvec: Callable[[Array], Array], rhs: Array, maxiter: i
     With a tolerance an example stops once its residual is <= tol * |rhs| (a while loop that
     ends when every example has stopped, at most maxiter products); tol=None takes exactly
     maxiter products (a fixed count, for callers that count the cost of each product). An
-    example whose residual is exactly 0 takes no further step either way.
+    example whose residual is exactly 0, or whose search direction meets a curvature
+    <p, A p> <= 0 (an indefinite system, e.g. a Jacobian-based covariance rounded in float32),
+    takes no further step either way.
     """
     col = lambda v: v.reshape(v.shape + (1,) * (rhs.ndim - 1))
     stop = 0.0 if tol is None else (tol * jnp.sqrt(batch_dot(rhs, rhs))) ** 2
@@ -35,8 +37,9 @@ def conjugate_gradients(matvec: Callable[[Array], Array], rhs: Array, maxiter: i
     def step(state):
         i, x, r, p, rr = state
         ap = matvec(p)
-        active = rr > stop
-        alpha = jnp.where(active, rr / jnp.where(active, batch_dot(p, ap), 1.0), 0.0)
+        curvature = batch_dot(p, ap)
+        active = (rr > stop) & (curvature > 0)
+        alpha = jnp.where(active, rr / jnp.where(active, curvature, 1.0), 0.0)
         x, r = x + col(alpha) * p, r - col(alpha) * ap
         rr_new = batch_dot(r, r)
         beta = jnp.where(active, rr_new / jnp.where(active, rr, 1.0), 0.0)
