@@ -257,7 +257,7 @@ def pigdm_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: i
 @register_posterior("mmps", needs=("linear", "adjoint"), forwards_options=True)
 def mmps_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: int, eps: float,
                  sharding=None, cg_iters: int = 3, data_scale: float | None = None,
-                 solver: str = "ddim", **options):
+                 solver: str = "dpm_solver++", **options):
     """The covariance-aware update (TMPD / MMPS) on `solver`: cg_iters CG steps per call
     (2 + cg_iters network passes); data_scale (None: 1) places the solver's grid."""
     if int(cg_iters) < 1:
