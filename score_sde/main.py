@@ -11,6 +11,8 @@ Modes (the MODES table; other modules add theirs with `@register_mode(name)`):
   inpaint     fill the masked pixels of --input images (--mask); grid input | observed | result
   colorize    colour the grey version of --input images (colour models)
   edit        SDEdit: perturb --input images to time --t0 and solve back
+  restore     restore --input images degraded by --task (an operator preset), or a given
+              --observation, by posterior sampling (--restore_method, --nfe, --sigma_y)
   train_classifier  a noise-conditional classifier for classifier guidance (config.classifier)
   optimize_grid  the time grid of config.sampling.method / nfe fitted to the checkpoint
               (workdir/grids/*.json; sample with --config.sampling.grid=file:PATH)
@@ -70,7 +72,20 @@ flags.DEFINE_string("mask", "right_half", "Inpainting mask: a PNG/.npz (1 = know
                     "of left_half, right_half, top_half, bottom_half, center, random.")
 flags.DEFINE_float("t0", 0.5, "SDEdit start time in (0, T].")
 flags.DEFINE_float("noise_std", 0.0, "SDEdit: Gaussian noise added to the inputs first.")
-flags.DEFINE_integer("num_images", 16, "Number of images for inpaint / colorize / edit.")
+flags.DEFINE_integer("num_images", 16, "Number of images for inpaint / colorize / edit / "
+                     "restore.")
+flags.DEFINE_string("task", "sr4_bicubic", "--mode restore: the degradation, an operator preset "
+                    "of score_sde.inverse.OPERATOR_PRESETS (sr4_bicubic, gaussian_blur, "
+                    "random_inpaint, denoise, mri_x4, ct_18, ...).")
+flags.DEFINE_string("observation", None, "--mode restore: an .npz of already degraded "
+                    "observations (key 'observation', the operator's observation shape) instead "
+                    "of degrading --input.")
+flags.DEFINE_string("restore_method", None, "--mode restore: the posterior sampler "
+                    "(score_sde.inverse.POSTERIOR_METHODS; default config.restore.method or "
+                    "'mmps').")
+flags.DEFINE_integer("nfe", None, "--mode restore: the budget of network passes (default 100).")
+flags.DEFINE_float("sigma_y", None, "--mode restore: the observation noise's std in the data's "
+                   "units (default 0.05 on [-1, 1]).")
 flags.DEFINE_string("split", "train", "Dataset split of --mode fid_stats.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -160,6 +175,15 @@ def _colorize(config, workdir):
     from score_sde import editing_modes
 
     return editing_modes.colorize(config, workdir, input=FLAGS.input, n=FLAGS.num_images)
+
+
+@register_mode("restore")
+def _restore(config, workdir):
+    from score_sde import editing_modes
+
+    return editing_modes.restore(config, workdir, task=FLAGS.task, input=FLAGS.input,
+                                 observation=FLAGS.observation, method=FLAGS.restore_method,
+                                 nfe=FLAGS.nfe, sigma_y=FLAGS.sigma_y, n=FLAGS.num_images)
 
 
 @register_mode("edit")

@@ -128,3 +128,25 @@ def test_inpaint_mode_keeps_the_known_pixels(trained, method):
     known = saved["masks"] > 0
     assert saved["results"].shape == (4, 8, 8, 1) and known.any() and not known.all()
     np.testing.assert_allclose(saved["results"][known], saved["inputs"][known], atol=1e-3)
+
+
+def test_restore_mode_keeps_the_observed_pixels_and_reports_psnr(trained):
+    """--mode restore with the published merge on a noise-free box: the kept pixels are the
+    observation's; with a noisy super-resolution task MMPS writes its grid, npz and PSNR."""
+    from score_sde import editing_modes
+
+    config, workdir = trained
+    config = driver_configs.tiny({**EVAL, "sampling.nfe": 6, "model.num_scales": 6})
+    path = editing_modes.restore(config, workdir, task="box_inpaint", method="merge", nfe=6,
+                                 sigma_y=0.0, n=4, folder="restore")
+    saved = np.load(path.with_suffix(".npz"))
+    assert saved["results"].shape == (4, 8, 8, 1)
+    box = np.zeros((8, 8), bool)
+    box[2:6, 2:6] = True  # the preset's box: half of each side, centred
+    np.testing.assert_allclose(saved["results"][:, ~box], saved["truth"][:, ~box], atol=1e-3)
+    path = editing_modes.restore(config, workdir, task="sr2_avgpool", method="mmps", nfe=15,
+                                 n=4, folder="restore")
+    report = json.loads(path.with_suffix(".json").read_text())
+    assert report["method"] == "mmps" and np.isfinite(report["psnr"])
+    with pytest.raises(ValueError, match="unknown operator preset 'sr3'"):
+        editing_modes.restore(config, workdir, task="sr3", n=4)
