@@ -24,7 +24,8 @@ so each (method, SDE, d, d_y, NFE) cell compiles once.
 
     python benchmarks/posterior_exact.py --part gaussian            # Gaussian prior
     python benchmarks/posterior_exact.py --part mixture             # the MCGdiff setting
-    python benchmarks/posterior_exact.py --part study               # solver / option study
+    python benchmarks/posterior_exact.py --part mixture --study "mmps:solver=ddim"  # extra cells
+    python benchmarks/posterior_exact.py --summarize benchmarks/results/posterior_exact_*.json
 
 Writes benchmarks/results/posterior_exact_<part>.json (one record per cell and problem) and
 prints the summary tables (mean metric over problems / mean floor).
@@ -377,7 +378,13 @@ def main():
     parser.add_argument("--tag", default="")
     parser.add_argument("--cache", default="/tmp/posterior_exact_jax_cache",
                         help="JAX's persistent compilation cache ('' for none)")
+    parser.add_argument("--summarize", nargs="*", default=None,
+                        help="print the tables of these result files and exit")
     args = parser.parse_args()
+    if args.summarize is not None:
+        records = [r for f in args.summarize for r in json.loads(Path(f).read_text())["records"]]
+        print(summary(records))
+        return
     if args.cache:  # compiled cells are reused across runs (problem data are arguments)
         jax.config.update("jax_compilation_cache_dir", args.cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from etils.epath import Path  # local or gs:// paths alike
 
-from score_sde import checkpoints, losses, parallel, storage
+from score_sde import checkpoints, losses, models, parallel, storage
 from score_sde import logging_utils as log
 from score_sde.data import get_data_scaler, get_dataset
 from score_sde.eval_hooks import EVAL_HOOKS, register_eval_hook, sample_files
@@ -96,7 +96,7 @@ def bpd_over_split(r: Restorer, state, split: str, repeat: int, call=None) -> np
     ds.dequantize = True  # published: bits/dim always on uniformly dequantised data
     call = call or get_likelihood_call(r)
     scaler = get_data_scaler(config)
-    dim = config.data.image_size ** 2 * config.data.num_channels
+    dim = int(np.prod(models.input_shape(config)[1:]))  # values per image (or clip)
     key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 4), repeat)
     out = []
     for i, batch in enumerate(log.progress(ds.iterate(), total=ds.num_batches,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from etils.epath import Path
 
-from score_sde import inference, storage
+from score_sde import inference, models, storage
 from score_sde import logging_utils as log
 from score_sde.sampling import (
     grid_files,
@@ -65,8 +65,7 @@ def optimize(config, workdir: str | Path) -> Path:
     method, options = sampler_options_from_config(config)
     options = with_config_data_scale(config, method, options)
     nfe = options.pop("nfe", None)
-    d = config.data
-    shape = (int(config.eval.batch_size), d.image_size, d.image_size, d.num_channels)
+    shape = models.input_shape(config, int(config.eval.batch_size))
     score_fn = inference.model_score_fn(config, restorer.sde, restorer.model, state.ema_params)
     log.say(f"Optimising the {method} grid at nfe={nfe or 'default'} for step {step} on "
             f"{shape[0]} prior draws")

@@ -13,8 +13,8 @@ of importing each other:
   model_consistency_fn  the consistency function f(x, t) of a consistency model, what
                     sampling.method='consistency' takes in place of score_fn
   ConfigSampler     the jitted sampler of config.sampling, sharded over the mesh:
-                    `(params, rng) -> (images in [0, 1], nfe)` (a sampling.Sampler is the
-                    `sample(rng, score_fn)` it runs)
+                    `(params, rng) -> (images (or clips) in [0, 1], nfe)` (a sampling.Sampler
+                    is the `sample(rng, score_fn)` it runs)
   make_eval_call    the jitted evaluation loss of the EMA parameters
   load_classifier_fn  the EMA classifier of workdir/classifier as `fn(x, t) -> logits`
 
@@ -178,8 +178,9 @@ class ConfigSampler:
     def __init__(self, config, sde: sde_lib.SDE, eps: float, model, mesh, n: int | None = None):
         self.n = int(n or config.eval.batch_size)
         parallel.check_batch_size(self.n, "config.eval.batch_size", mesh)
-        d = config.data
-        shape = (self.n, d.image_size, d.image_size, d.num_channels)
+        from score_sde import models
+
+        shape = models.input_shape(config, self.n)  # images (N, H, W, C), clips (N, T, ...)
         sample = get_sampler_from_config(config, sde, shape, eps,
                                          sharding=parallel.data_sharding(mesh))
         labels = class_labels_from_config(config, self.n)

@@ -234,8 +234,12 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def image_grid(images: np.ndarray, padding: int = 2, nrow: int | None = None) -> np.ndarray:
-    """(N, H, W, C) uint8 or [0, 1] floats -> one (rows*H', cols*W', C) uint8 grid."""
+    """(N, H, W, C) uint8 or [0, 1] floats -> one (rows*H', cols*W', C) uint8 grid; clips
+    (N, T, H, W, C) -> one row per clip, its frames left to right."""
     images = np.asarray(images)
+    if images.ndim == 5:
+        n, frames = images.shape[:2]
+        return image_grid(images.reshape(n * frames, *images.shape[2:]), padding, frames)
     if images.dtype != np.uint8:
         images = to_uint8(images)
     n, h, w, c = images.shape

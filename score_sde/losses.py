@@ -2,8 +2,9 @@
 
 Continuous-time DSM (Song et al. 2021, eq. 7) with sigma^2 ("score * std + z") or likelihood
 (g^2) weighting, and the discrete SMLD (NCSN) and DDPM losses that the published VE/VP
-discrete configs train with. Batches are dicts: 'image' (B, H, W, C) already scaled to the
-model's range, and optionally 'label' (B,) int class labels for class-conditional models.
+discrete configs train with. Batches are dicts: 'image' (B, H, W, C) (or clips (B, T, H, W, C))
+already scaled to the model's range, and optionally 'label' (B,) int class labels for
+class-conditional models.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from score_sde.training_state import (  # noqa: F401
     init_train_state,
     new_train_state,
 )
+from score_sde.video import loss as video_loss
 
 Array = jax.Array
 LossFn = Callable[[Array, Any, Batch], Array]
@@ -115,7 +117,8 @@ def get_param_loss_fn(param: Parameterization, model, train: bool, reduce_mean: 
 
 def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> LossFn:
     """The loss the config trains with: continuous DSM (sigma^2 or likelihood weighting), SMLD/DDPM
-    when not continuous, EDM's for EDM preconditioning (`parameterization.from_config`)."""
+    when not continuous, EDM's for EDM preconditioning (`parameterization.from_config`); for
+    clip networks with frame masks or independent frames, video.loss's masked version."""
     consistency_models.refuse_score_use(config, "the denoising loss (config.eval.enable_loss)")
     tr = config.training
     cond = dict(num_classes=int(config.model.get("num_classes", 0)),
@@ -130,6 +133,9 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool) -> LossFn:
                 "discrete training exists for 'vesde' (SMLD) and 'vpsde' (DDPM)")
     param = param_lib.from_config(config, sde)
     weighting = "likelihood" if tr.likelihood_weighting else param.default_weighting()
+    if video_loss.trains_with_masks(config):  # clips with given or independent frames
+        return video_loss.get_masked_loss_fn(config, param, model, train, weighting,
+                                             eps=float(tr.get("eps", 1e-5)))
     return get_param_loss_fn(param, model, train, reduce_mean=tr.reduce_mean,
                              weighting=weighting, eps=float(tr.get("eps", 1e-5)), **cond)
 

@@ -13,6 +13,9 @@ Modes (the MODES table; other modules add theirs with `@register_mode(name)`):
   edit        SDEdit: perturb --input images to time --t0 and solve back
   restore     restore --input images degraded by --task (an operator preset), or a given
               --observation, by posterior sampling (--restore_method, --nfe, --sigma_y)
+  predict     video: the frames after config.video.predict_mask's given ones, for --input
+              clips (or test clips), rolled out to config.video.rollout_frames; GIF/PNG/npz
+  interpolate video: the frames between config.video.interpolate_mask's given ones
   train_classifier  a noise-conditional classifier for classifier guidance (config.classifier)
   optimize_grid  the time grid of config.sampling.method / nfe fitted to the checkpoint
               (workdir/grids/*.json; sample with --config.sampling.grid=file:PATH)
@@ -67,7 +70,8 @@ flags.DEFINE_string("compilation_cache", None,
                     "JAX_COMPILATION_CACHE_DIR): reruns and resumed jobs load compiled "
                     "programs instead of compiling them again.")
 flags.DEFINE_string("input", None, "Images to edit: a PNG, a folder of PNGs or an .npz "
-                    "(default: the first --num_images test images).")
+                    "(default: the first --num_images test images); clips to complete "
+                    "(predict / interpolate): an .npz or a folder of frame folders.")
 flags.DEFINE_string("mask", "right_half", "Inpainting mask: a PNG/.npz (1 = known pixel) or one "
                     "of left_half, right_half, top_half, bottom_half, center, random.")
 flags.DEFINE_float("t0", 0.5, "SDEdit start time in (0, T].")
@@ -192,6 +196,21 @@ def _edit(config, workdir):
 
     return editing_modes.edit(config, workdir, input=FLAGS.input, t0=FLAGS.t0,
                               noise_std=FLAGS.noise_std, n=FLAGS.num_images)
+
+
+@register_mode("predict")
+def _predict(config, workdir):
+    from score_sde import video_modes
+
+    return video_modes.predict(config, workdir, input=FLAGS.input, eval_folder=FLAGS.eval_folder)
+
+
+@register_mode("interpolate")
+def _interpolate(config, workdir):
+    from score_sde import video_modes
+
+    return video_modes.interpolate(config, workdir, input=FLAGS.input,
+                                   eval_folder=FLAGS.eval_folder)
 
 
 @register_mode("train_classifier")

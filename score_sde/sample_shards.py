@@ -8,8 +8,9 @@ eval mode's sample rounds), so neither imports the other.
                   device count or the number of hosts (up to float rounding)
   ShardLayout     N samples in global batches of B over P hosts: round r, host p writes the
                   indices [rB + pB/P, rB + (p+1)B/P) that are < N (the last shards are short)
-  write_shard     one shard as an .npz ('samples' uint8 NHWC, 'indices', 'labels') and/or one
-                  PNG per sample, each file written whole (score_sde.storage) with fixed bytes
+  write_shard     one shard as an .npz ('samples' uint8 NHWC, or (N, T, H, W, C) for clips,
+                  'indices', 'labels') and/or one PNG per sample (a clip: its frame strip),
+                  each file written whole (score_sde.storage) with fixed bytes
   local_rows      this process's rows of an array sharded on its leading axis
 """
 
@@ -61,9 +62,9 @@ class IndexedSampler:
     def __init__(self, config, sde, eps: float, model, mesh, batch_size: int):
         self.batch_size, self.mesh = int(batch_size), mesh
         parallel.check_batch_size(self.batch_size, "config.sampling.batch_size", mesh)
-        d = config.data
-        sample = get_sampler_from_config(config, sde, (1, d.image_size, d.image_size,
-                                                       d.num_channels), eps)
+        from score_sde import models
+
+        sample = get_sampler_from_config(config, sde, models.input_shape(config, 1), eps)
         table = label_table(config)
         scale, inverse = guidance_scale(config), get_data_inverse_scaler(config)
         key = jax.random.PRNGKey(int(config.seed) + NOISE_STREAM)
@@ -160,9 +161,12 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """A uint8 (H, W, C) image as PNG bytes (grey for C = 1)."""
+    """A uint8 (H, W, C) image as PNG bytes (grey for C = 1); a clip (T, H, W, C) as the strip
+    of its frames side by side."""
     from PIL import Image
 
+    if image.ndim == 4:
+        image = np.concatenate(list(image), axis=1)
     buf = io.BytesIO()
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
     return buf.getvalue()

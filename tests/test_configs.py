@@ -217,8 +217,40 @@ def ncsnv2_params(m, channels: int) -> int:
     return total + nrm(prev) + conv(3, prev, channels)
 
 
+def temporal_layers(m, image_size: int) -> list[int]:
+    """Channels of the space-time network's temporal attention layers: one after every block
+    of the image U-Net (and its middle) at a resolution in m.temporal_resolutions; the small
+    U-Net's up path has num_res_blocks blocks per level, NCSN++'s one hook per level."""
+    up = m.num_res_blocks if m.image_model == "small_unet" else 1
+    out = []
+    for level, mult in enumerate(m.ch_mult):
+        if image_size // 2**level in m.temporal_resolutions:
+            out += [m.nf * mult] * (m.num_res_blocks + up)
+    lowest = image_size // 2 ** (len(m.ch_mult) - 1)
+    return out + ([m.nf * m.ch_mult[-1]] if lowest in m.temporal_resolutions else [])
+
+
+def video_params(config) -> int:
+    """'spacetime': the image U-Net + temporal attention (norm, q/k/v/out, relative-position
+    table) + the indicator's 1x1 map; 'video_concat': the image U-Net on T*C channels."""
+    m, d = config.model, config.data
+    image = config.copy_and_resolve_references()
+    image.model.name = m.image_model
+    frames = d.num_frames
+    indicator = m.nf if m.get("mask_conditioning", False) else 0
+    if m.name == "video_concat":
+        image.data.num_channels = frames * d.num_channels
+        return expected_params(image) + frames * indicator
+    heads = m.temporal_heads
+    table = (2 * m.temporal_max_distance + 1) * heads
+    return expected_params(image) + indicator + sum(
+        attention(c) + table for c in temporal_layers(m, d.image_size))
+
+
 def expected_params(config) -> int:
     m, d = config.model, config.data
+    if m.name in ("spacetime", "video_concat"):
+        return video_params(config)
     if m.name in NCSNV2:
         return ncsnv2_params(m, d.num_channels)
     if m.name == "small_unet":

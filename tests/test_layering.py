@@ -16,7 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "score_sde"
 # The modules that host a --mode (or a mode's hook): each a mode over the library.
 DRIVERS = {"train", "evaluate", "editing_modes", "sample_quality", "train_classifier",
-           "generate", "grid_search"}
+           "generate", "grid_search", "video_modes"}
 ENTRY_POINT = "main"  # picks a mode: the one module that imports drivers
 # The bottom floor: modules (and packages) that import no score_sde module but each other, so
 # every other module, the metrics included, can import them.

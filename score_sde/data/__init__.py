@@ -15,6 +15,8 @@ score_sde.storage, so the metrics and every driver can import it):
   digits         scikit-learn's digits and its one fixed train/test split
   tfds_source    tensorflow-datasets in array_record format (`tfds.data_source`)
   image_folders  folders of PNG/JPEG files, local or gs://
+  moving_digits  the embedded video data: sklearn's digits moving on a canvas, made on the fly
+  clips          video datasets (T, h, w, c): moving digits, .npz / frame folders, tfds video
   generated      generated samples read back as training data (config.data.synthetic)
   transforms     crop/resize, flip and dequantisation, the data scalers
   pipeline       `Pipeline`: deterministic per-host batches, the corrupt-image policy
@@ -33,6 +35,7 @@ from score_sde.data.catalog import (
     get_dataset,
     get_source,
 )
+from score_sde.data.clips import VIDEO_DATASETS, clip_source, is_video_dataset, load_npz_clips
 from score_sde.data.digits import digits_source, digits_split
 from score_sde.data.generated import mixing_source, synthetic_source
 from score_sde.data.image_folders import (
@@ -42,6 +45,7 @@ from score_sde.data.image_folders import (
     image_folder_source,
     list_images,
 )
+from score_sde.data.moving_digits import MovingDigitsSource, moving_digits_source
 from score_sde.data.pipeline import CORRUPT_POLICIES, Pipeline, report_skipped
 from score_sde.data.sources import (
     SPLITS,
@@ -69,6 +73,12 @@ from score_sde.data.transforms import (
 
 __all__ = [
     "CORRUPT_POLICIES",
+    "VIDEO_DATASETS",
+    "MovingDigitsSource",
+    "clip_source",
+    "is_video_dataset",
+    "load_npz_clips",
+    "moving_digits_source",
     "IMAGE_SUFFIXES",
     "MAX_AUTO_WORKERS",
     "SPLITS",

@@ -6,6 +6,8 @@ Sources by config.data.dataset:
                    tensorflow-datasets prepared in array_record format (`tfds_source`)
   FFHQ, CELEBAHQ, IMAGE_FOLDER
                    a folder of PNG/JPEG files, local or gs:// (`image_folders`)
+  MOVING_DIGITS, CLIP_NPZ, CLIP_FOLDERS, MOVING_MNIST, BAIR, UCF101
+                   clips (T, h, w, c) for the video networks (`clips`)
 Training reads config.data.subset_fraction of the train split and mixes in generated samples
 (config.data.synthetic); the test split stays whole and real.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from score_sde.data.clips import VIDEO_DATASETS, clip_source
 from score_sde.data.digits import digits_source
 from score_sde.data.generated import mixing_source
 from score_sde.data.image_folders import FOLDER_DATASETS, image_folder_source
@@ -36,8 +39,10 @@ def get_source(config, split: str) -> Source:
         return tfds_source(config, split)
     if name in FOLDER_DATASETS:
         return image_folder_source(config, split)
+    if name in VIDEO_DATASETS:
+        return clip_source(config, split)
     raise ValueError(f"config.data.dataset={config.data.dataset!r} is not known; choose one of "
-                     f"{['DIGITS', *TFDS_DATASETS, *FOLDER_DATASETS]}")
+                     f"{['DIGITS', *TFDS_DATASETS, *FOLDER_DATASETS, *VIDEO_DATASETS]}")
 
 
 def default_num_workers(source: Source) -> int:

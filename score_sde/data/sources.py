@@ -89,10 +89,11 @@ class SubsetSource:
 
 
 def in_memory_source(source: Source) -> bool:
-    """True for arrays in memory (digits, generated samples) and subsets of them."""
+    """True for arrays in memory (digits, generated samples), sources that say so with an
+    `in_memory` attribute (clips made on the fly), and subsets of them."""
     if isinstance(source, SubsetSource):
         return in_memory_source(source.source)
-    return isinstance(source, ArraySource)
+    return isinstance(source, ArraySource) or bool(getattr(source, "in_memory", False))
 
 
 def source_labels(source: Source) -> np.ndarray | None:

@@ -53,6 +53,12 @@ def tfds_source(config, split: str) -> TfdsSource:
     """The prepared tfds dataset of config.data.dataset (one of TFDS_DATASETS) for a split."""
     name, splits = TFDS_DATASETS[config.data.dataset.upper()]
     name = name.format(category=config.data.get("category", "bedroom"))
+    return TfdsSource(open_tfds(config, name, splits[split]))
+
+
+def open_tfds(config, name: str, split: str) -> Any:
+    """`tfds.data_source(name, split)` from config.data.data_dir (or TFDS_DATA_DIR), never
+    downloading; one line that says how to prepare a dataset that is not there."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
@@ -61,13 +67,12 @@ def tfds_source(config, split: str) -> TfdsSource:
                           "(no TensorFlow needed)") from e
     data_dir = _data_dir(config)
     try:
-        ds = tfds.data_source(name, split=splits[split], data_dir=data_dir, download=False)
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises several types for "not prepared / wrong format"
         where = data_dir or "the default tfds data dir (~/tensorflow_datasets)"
         raise DatasetNotFoundError(
             f"config.data.dataset={config.data.dataset!r}: the tfds dataset '{name}' "
-            f"(split '{splits[split]}') is not prepared in array_record format in {where}. "
+            f"(split '{split}') is not prepared in array_record format in {where}. "
             f"Prepare it once on a machine with internet: `tfds build {name} "
             "--file_format=array_record --data_dir=DIR`, then set config.data.data_dir=DIR "
             f"(or TFDS_DATA_DIR). [{type(e).__name__}: {str(e).splitlines()[0][:200]}]") from e
-    return TfdsSource(ds)

@@ -67,7 +67,8 @@ def resize_small(x: np.ndarray, size: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:
-    """The per-dataset crop/resize of a float (h, w, c) image to (size, size, c), as published.
+    """The per-dataset crop/resize of a float (h, w, c) image to (size, size, c), as published
+    (a clip (T, h, w, c) frame by frame).
 
     A dataclass rather than a closure so that a pipeline pickles into its worker processes.
     """
@@ -76,6 +77,8 @@ class Geometry:
     size: int
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim == 4:  # a clip (T, h, w, c): frame by frame
+            return np.stack([self(frame) for frame in x])
         if self.kind == "celeba":
             return resize(central_crop(x, 140), self.size)
         if self.kind == "crop":
@@ -98,11 +101,12 @@ def get_geometry(config) -> Callable[[np.ndarray], np.ndarray]:
 
 def augment(x: np.ndarray, levels: int, rng: np.random.Generator, *, random_flip: bool,
             dequantize: bool) -> np.ndarray:
-    """A float (h, w, c) image in [0, 1] of `levels` grey levels, flipped left-right with
-    probability 1/2 (random_flip) and dequantised to (x * (levels - 1) + u) / levels with
-    u ~ U[0, 1) per pixel (dequantize), both drawn from `rng` in that order."""
+    """A float (h, w, c) image (or (T, h, w, c) clip, every frame alike) in [0, 1] of `levels`
+    grey levels, flipped left-right with probability 1/2 (random_flip) and dequantised to
+    (x * (levels - 1) + u) / levels with u ~ U[0, 1) per pixel (dequantize), both drawn from
+    `rng` in that order."""
     if random_flip and rng.random() < 0.5:
-        x = x[:, ::-1]
+        x = x[..., ::-1, :]
     if dequantize:
         x = (x * (levels - 1) + rng.random(x.shape, dtype=np.float32)) / levels
     return x

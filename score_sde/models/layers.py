@@ -24,6 +24,17 @@ Array = jax.Array
 Dtype = Any  # a jnp dtype, or None for "as the inputs and (float32) parameters"
 ModuleT = TypeVar("ModuleT", bound=type[nn.Module])
 
+# A space-time network's per-frame hook into an image U-Net (models/video.py): called on the
+# features (frames folded into the batch) after the input convolution with "input" and after
+# every block where attention may sit with "block"; it returns features of the same shape.
+FrameLayer = Callable[[Array, str], Array]
+
+
+def identity_frame_layer(h: Array, where: str) -> Array:
+    """The image networks' own FrameLayer: the features unchanged."""
+    return h
+
+
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 ACTIVATIONS: Registry[Callable[[Array], Array]] = Registry(

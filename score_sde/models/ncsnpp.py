@@ -18,6 +18,7 @@ import ml_collections
 
 from score_sde.models import layerspp
 from score_sde.models.layers import (
+    FrameLayer,
     add_class_embedding,
     check_choice,
     check_resolution,
@@ -28,6 +29,7 @@ from score_sde.models.layers import (
     get_sigmas,
     get_timestep_embedding,
     group_norm,
+    identity_frame_layer,
     maybe_remat,
 )
 from score_sde.models.registry import register_model
@@ -91,7 +93,8 @@ class NCSNpp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, time_cond: Array, train: bool = False,
-                 y: Array | None = None) -> Array:
+                 y: Array | None = None, frame_layer: FrameLayer | None = None) -> Array:
+        """frame_layer: see layers.FrameLayer (the space-time networks of models/video.py)."""
         config = self.config
         m = config.model
         opts = _Options.parse(config)
@@ -103,6 +106,7 @@ class NCSNpp(nn.Module):
         fir_kernel = tuple(m.fir_kernel)
         skip_rescale, init_scale = m.skip_rescale, m.init_scale
         dtype, remat = get_dtype(config), bool(m.get("remat", False))
+        mix = frame_layer or identity_frame_layer
 
         # The noise embedding is formed in float32; the layers after it compute in `dtype`.
         temb, used_sigmas = _time_embedding(config, opts, time_cond)
@@ -143,13 +147,13 @@ class NCSNpp(nn.Module):
 
         # Downsampling path.
         input_pyramid = x if opts.progressive_input != "none" else None
-        hs = [conv3x3(x, nf, dtype=dtype)]
+        hs = [mix(conv3x3(x, nf, dtype=dtype), "input")]
         for i_level in range(num_resolutions):
             for _ in range(m.num_res_blocks):
                 h = resnet_block(out_ch=nf * ch_mult[i_level])(hs[-1], temb, train)
                 if h.shape[1] in attn_resolutions:
                     h = attn_block()(h)
-                hs.append(h)
+                hs.append(mix(h, "block"))
             if i_level == num_resolutions - 1:
                 continue
             if opts.resblock_type == "ddpm":
@@ -167,7 +171,7 @@ class NCSNpp(nn.Module):
 
         h = hs[-1]
         h = resnet_block()(h, temb, train)
-        h = attn_block()(h)
+        h = mix(attn_block()(h), "block")
         h = resnet_block()(h, temb, train)
 
         # Upsampling path.
@@ -178,6 +182,7 @@ class NCSNpp(nn.Module):
                     jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
             if h.shape[1] in attn_resolutions:
                 h = attn_block()(h)
+            h = mix(h, "block")
 
             if opts.progressive != "none":
                 if opts.progressive == "output_skip":

@@ -14,6 +14,7 @@ import ml_collections
 
 from score_sde.models import layerspp
 from score_sde.models.layers import (
+    FrameLayer,
     add_class_embedding,
     check_choice,
     check_resolution,
@@ -23,6 +24,7 @@ from score_sde.models.layers import (
     get_dtype,
     get_timestep_embedding,
     group_norm,
+    identity_frame_layer,
     maybe_remat,
 )
 from score_sde.models.registry import register_model
@@ -73,10 +75,12 @@ class SmallUNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, time_cond: Array, train: bool = False,
-                 y: Array | None = None) -> Array:
+                 y: Array | None = None, frame_layer: FrameLayer | None = None) -> Array:
+        """frame_layer: see FrameLayer (the space-time networks of models/video.py)."""
         config = self.config
         m = config.model
         check_resolution(config, x.shape[1])
+        mix = frame_layer or identity_frame_layer
         act = get_act(config)
         ch_mult = tuple(m.ch_mult)
         dtype, remat = get_dtype(config), bool(m.get("remat", False))
@@ -93,10 +97,11 @@ class SmallUNet(nn.Module):
                 h = block(out_ch=m.nf * mult)(h, temb, train)
                 if h.shape[1] in attn_resolutions:
                     h = attn()(h)
+                h = mix(h, "block")
             return h
 
         h = x if config.data.get("centered", True) else 2 * x - 1.0
-        h = conv3x3(h, m.nf, dtype=dtype)
+        h = mix(conv3x3(h, m.nf, dtype=dtype), "input")
         skips = []
         for level, mult in enumerate(ch_mult):
             h = stage(h, mult)
@@ -104,7 +109,7 @@ class SmallUNet(nn.Module):
             if level != len(ch_mult) - 1:
                 h = layerspp.Downsample(with_conv=True, dtype=dtype)(h)
 
-        h = attn()(block()(h, temb, train))
+        h = mix(attn()(block()(h, temb, train)), "block")
 
         for level in reversed(range(len(ch_mult))):
             h = stage(jnp.concatenate([h, skips.pop()], axis=-1), ch_mult[level])
