@@ -5,9 +5,10 @@ to workdir/<eval_folder>/fid_stats_<dataset>_<split>.npz. Eval mode then scores 
 evaluated checkpoint's sample .npz files: for the embedded digits data the offline metrics (no
 file needed): digits FD against the train split, and the test-split metrics of
 metrics.digits_quality, each with its floor for as many real digits (fd_classifier, fd_randconv,
-kid_randconv, precision_randconv, recall_randconv, each with _floor and _floor_std); FID / KID /
-IS against config.eval.fid_stats with the Inception weights of config.eval.inception_weights (a
-file the user supplies; nothing is downloaded) otherwise.
+kid_randconv, precision_randconv, recall_randconv, each with _floor and _floor_std); for moving
+digits clips the moving-digits metric against as many test clips; FID / KID / IS against
+config.eval.fid_stats with the Inception weights of config.eval.inception_weights (a file the
+user supplies; nothing is downloaded) otherwise.
 """
 
 from __future__ import annotations
@@ -69,16 +70,35 @@ def _digits_quality(samples: np.ndarray) -> dict[str, float]:
     return report.metrics()
 
 
+def moving_digits_quality(config, clips: np.ndarray) -> dict[str, float]:
+    """The moving-digits metric (metrics.moving_digits) of uint8 clips (N, T, H, W, 1) against
+    the first N test clips: per-frame digits FD, identity along the clip, motion."""
+    from score_sde.data import get_source
+    from score_sde.metrics.moving_digits import moving_digits_metrics
+
+    source = get_source(config, "test")
+    n = min(len(clips), len(source))
+    real = np.stack([source[i]["image"] for i in range(n)]).astype(np.float32)
+    scores = moving_digits_metrics(clips.astype(np.float32) / 255.0, real / (source.levels - 1),
+                                   num_digits=int(config.data.get("num_digits", 1)))
+    log.say(f"moving digits: digits FD {scores['digits_fd']:.1f}, identity kept in "
+            f"{scores['identity']:.0%} of clips (data {scores['identity_data']:.0%}), motion "
+            f"{scores['motion_ratio']:.2f}x the data's ({n} clips each)")
+    return scores
+
+
 @register_eval_hook("sample_quality")
 def score_samples(config, sample_dir: Path, step: int) -> dict[str, float]:
-    """digits metrics, or FID/KID/IS, of one checkpoint's samples (skipped without reference
-    stats)."""
+    """digits metrics, the moving-digits metric, or FID/KID/IS, of one checkpoint's samples
+    (skipped without reference stats)."""
     files = sample_files(sample_dir)
     if not files:
         return {}
     samples = np.concatenate([storage.load_npz(f)["samples"] for f in files])
     kind = _feature_kind(config)
-    if kind == "digits":
+    if str(config.data.dataset).upper() == "MOVING_DIGITS":
+        scores = moving_digits_quality(config, samples)
+    elif kind == "digits":
         scores = {**stats.evaluate_samples(samples, None, "digits"), **_digits_quality(samples)}
     else:
         ref = config.eval.get("fid_stats", "")

@@ -144,7 +144,7 @@ def test_restore_mode_keeps_the_observed_pixels_and_reports_psnr(trained):
     box = np.zeros((8, 8), bool)
     box[2:6, 2:6] = True  # the preset's box: half of each side, centred
     np.testing.assert_allclose(saved["results"][:, ~box], saved["truth"][:, ~box], atol=1e-3)
-    path = editing_modes.restore(config, workdir, task="sr2_avgpool", method="mmps", nfe=15,
+    path = editing_modes.restore(config, workdir, task="sr2_avgpool", method="mmps", nfe=16,
                                  n=4, folder="restore")
     report = json.loads(path.with_suffix(".json").read_text())
     assert report["method"] == "mmps" and np.isfinite(report["psnr"])

@@ -152,9 +152,13 @@ def test_the_masked_loss_ignores_the_given_frames(net):
 
 
 def test_with_nothing_given_the_masked_loss_is_the_plain_dsm_loss(net):
+    """Against the published DSM loss written out: VP, noise prediction, sigma^2 weighting."""
     config, model, params = net
+    config = config.copy_and_resolve_references()
+    config.training.sde, config.model.parameterization = "vpsde", "auto"
     sde, _ = sde_lib.get_sde(config)
     param = param_lib.from_config(config, sde)
+    assert isinstance(param, param_lib.EpsilonPrediction)
     x = jax.random.normal(jax.random.PRNGKey(7), (2, FRAMES, SIZE, SIZE, 1))
     noise = jax.random.normal(jax.random.PRNGKey(8), x.shape)
     t = jnp.asarray([0.2, 0.7])

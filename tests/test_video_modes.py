@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from score_sde import checkpoints, generate, train, video_modes
+from score_sde import checkpoints, generate, sample_quality, train, video_modes
 from score_sde.configs.video.moving_digits import get_config
 
 FRAMES = 3
@@ -45,6 +45,9 @@ def test_train_then_sample_clips(trained):
     out = generate.sample(config, workdir)
     samples = np.concatenate([np.load(f)["samples"] for f in sorted(out.glob("*.npz"))])
     assert samples.shape == (8, FRAMES, 16, 16, 1) and samples.dtype == np.uint8
+    scores = sample_quality.moving_digits_quality(config, samples)  # --mode eval's hook
+    assert scores["digits_fd"] > 0 and scores["identity_data"] == 1.0
+    assert 0 < scores["motion_energy"] and np.isfinite(scores["motion_ratio"])
 
 
 def test_predict_rolls_out_past_the_network_and_keeps_the_given_frames(trained):

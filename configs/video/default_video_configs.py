@@ -68,6 +68,7 @@ def ddpmpp_64(config: ml_collections.ConfigDict, channels: int, frames: int
     """The published-shape 64x64 setting: DDPM++ blocks (NCSN++ family, VP SDE) as the
     space-time network's image part, temporal attention at 16 and 8, remat, batch 64."""
     training = config.training
+    training.sde = 'vpsde'  # the published DDPM++ setting: VP, noise prediction
     training.batch_size = 64
     training.n_iters = 1300001
     training.snapshot_freq = 50000
