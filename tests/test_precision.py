@@ -117,7 +117,8 @@ def test_noise_embeddings_are_float32_for_bf16_inputs():
     assert out.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("combo", ["ddpmpp_positional", "ddpm"])
+@pytest.mark.parametrize("combo", ["ddpmpp_positional",
+                                   pytest.param("ddpm", marks=pytest.mark.slow)])
 def test_remat_keeps_parameter_paths_outputs_and_gradients(combo):
     config, model = build(combo)
     remat_model = get_model(_with(config, remat=True))
