@@ -11,7 +11,8 @@ and the digits FD of as many unconditional samples (config.sampling's sampler), 
 of the target "FD within 1.5x of the unconditional samples' at sigma_y = 0.05".
 
 Tasks are operator presets, optionally with overrides and a sigma_y (in [-1, 1] units,
-default 0.05): 'name[:key=value,...][@sigma_y]', e.g. 'gaussian_blur:std=1.0', 'denoise@0.1'.
+default 0.05): 'name[:key=value,...][@sigma_y]', e.g. 'gaussian_blur:std=1.0', 'denoise@0.1';
+methods likewise with their options, ';'-separated: 'mmps;dps:zeta=0.1'.
 
     python benchmarks/restore_digits.py --workdir /work/runs/digits_default
     python benchmarks/restore_digits.py --summarize benchmarks/results/restore_digits.json
@@ -45,8 +46,8 @@ from score_sde.metrics.digits_quality import digits_quality  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 TASKS = ("sr2_avgpool,gaussian_blur,gaussian_blur:std=1.0,random_inpaint,denoise@0.05,"
          "denoise@0.1,denoise@0.2,mri_x4")
-METHODS = "mmps,pigdm,dps,ddrm,daps"
-QUICK = {"tasks": "sr2_avgpool,denoise@0.1", "methods": "ddrm,pigdm", "nfes": "4,8", "n": 8}
+METHODS = "mmps;pigdm;dps;ddrm;daps"
+QUICK = {"tasks": "sr2_avgpool,denoise@0.1", "methods": "ddrm;pigdm", "nfes": "4,8", "n": 8}
 
 
 def parse_task(spec: str) -> tuple[str, dict, float]:
@@ -132,16 +133,18 @@ class Bench:
             row = {"task": spec, "baseline": k, **_scores(m)}
             self.records["baselines"].append(row)
             print(json.dumps(row), flush=True)
-        for method in self.args.methods.split(","):
+        for method in self.args.methods.split(";"):
             for nfe in (int(v) for v in self.args.nfes.split(",")):
                 self.cell(spec, operator, y, sigma_y, method, nfe)
         self.write()
 
     def cell(self, spec, operator, y, sigma_y, method, nfe):
         row = {"task": spec, "method": method, "nfe": nfe}
+        name, options, _ = parse_task(method)  # 'method[:option=value,...]'
         try:
-            sample = inverse.get_posterior_sampler(method, self.sde, operator, self.truth.shape,
-                                                   sigma_y=sigma_y, nfe=nfe, eps=self.eps)
+            sample = inverse.get_posterior_sampler(name, self.sde, operator, self.truth.shape,
+                                                   sigma_y=sigma_y, nfe=nfe, eps=self.eps,
+                                                   **options)
         except ValueError as e:  # no SVD, a budget below one step, ...
             row["skipped"] = str(e)
         else:
@@ -240,7 +243,8 @@ def main(argv=None):
     p.add_argument("--config", default="configs/digits.py",
                    help="without --workdir: the config whose network is used at random weights")
     p.add_argument("--tasks", default=TASKS)
-    p.add_argument("--methods", default=METHODS)
+    p.add_argument("--methods", default=METHODS,
+                   help="';'-separated 'method[:option=value,...]', e.g. 'dps:zeta=0.1;ddrm'")
     p.add_argument("--nfes", default="20,50,100")
     p.add_argument("--n", type=int, default=360, help="test images (the first n)")
     p.add_argument("--quick", action="store_true",

@@ -16,7 +16,7 @@ def test_restore_digits_quick_writes_cells_baselines_and_tables(tmp_path, capsys
 
     out = tmp_path / "r.json"
     restore_digits.main(["--quick", "--config", "configs/tiny.py", "--tasks", "denoise@0.1",
-                         "--methods", "ddrm,mmps", "--nfes", "4", "--out", str(out)])
+                         "--methods", "ddrm;mmps", "--nfes", "4", "--out", str(out)])
     results = json.loads(out.read_text())
     assert results["n"] == 8 and results["unconditional"] is None
     (base,) = results["baselines"]
