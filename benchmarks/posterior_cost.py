@@ -6,7 +6,7 @@ depend on the weights) from a --task observation at a budget of --nfe network pa
 own process, so that its compile time and its process's peak memory are its own. Reported per
 method: the passes it spent (score_sde.inverse's convention: a forward 1, a vjp or jvp 1 more,
 a jax.checkpoint recomputation 1 more), compile seconds, seconds per image of the compiled
-call (median of --repeats, after a first call), XLA's buffer estimate of the compiled call
+call (median of --repeats, after --warmup untimed calls), XLA's buffer estimate of the compiled call
 (arguments + outputs + temporaries, CompiledMemoryStats) and the process's peak RSS. The row
 'none' is the unconditional sampler (DDIM) at the same budget: the cost of the network alone.
 
@@ -88,11 +88,11 @@ def measure(args) -> dict:
     compile_s = time.perf_counter() - start
     mem = compiled.memory_analysis()
     times, nfe = [], None
-    for _ in range(args.repeats + 1):  # the first call is not timed (allocations, caches)
+    for _ in range(args.warmup + args.repeats):  # --warmup untimed calls first
         start = time.perf_counter()
         x, nfe = jax.block_until_ready(compiled(params, rng, y))
         times.append(time.perf_counter() - start)
-    seconds = statistics.median(times[1:])
+    seconds = statistics.median(times[args.warmup:])
     buffers = (mem.argument_size_in_bytes + mem.output_size_in_bytes
                + mem.temp_size_in_bytes) if mem is not None else None
     return {"method": args.method, "nfe": args.nfe, "nfe_used": int(nfe), "batch": args.batch,
@@ -108,7 +108,7 @@ def measure(args) -> dict:
 def child(args, method: str) -> dict:
     """measure() in a fresh process (its own compile and peak RSS); errors as a row."""
     cmd = [sys.executable, __file__, "--child", "--method", method]
-    for key in ("config", "task", "sigma_y", "nfe", "batch", "repeats"):
+    for key in ("config", "task", "sigma_y", "nfe", "batch", "repeats", "warmup"):
         cmd += [f"--{key}", str(getattr(args, key))]
     done = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
@@ -135,7 +135,8 @@ def main(argv=None):
     p.add_argument("--sigma_y", type=float, default=0.05)
     p.add_argument("--nfe", type=int, default=24)
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="timed calls (median)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
     p.add_argument("--methods", default=METHODS)
     p.add_argument("--out", default=str(RESULTS / "posterior_cost.json"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

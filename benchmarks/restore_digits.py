@@ -151,9 +151,14 @@ class Bench:
             (x, used), compile_s, run_s = timed_call(
                 lambda p, rng, obs: sample(rng, self.score_fn(p), obs),
                 self.params, jax.random.PRNGKey(0), y)
-            m = report.restore_metrics({"r": self.to_unit(x)}, self.truth, digits=True)["r"]
-            row.update(nfe_used=int(used), **_scores(m), seconds=round(run_s, 2),
+            row.update(nfe_used=int(used), seconds=round(run_s, 2),
                        compile_seconds=round(compile_s, 1))
+            bad = float(np.mean(~np.isfinite(np.asarray(x))))
+            if bad:  # a diverged run: no metrics, the fraction of non-finite pixels
+                row["non_finite"] = round(bad, 4)
+            else:
+                m = report.restore_metrics({"r": self.to_unit(x)}, self.truth, digits=True)
+                row.update(_scores(m["r"]))
         self.records["cells"].append(row)
         print(json.dumps(row), flush=True)
         self.write()

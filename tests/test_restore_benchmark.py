@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,3 +30,17 @@ def test_restore_digits_quick_writes_cells_baselines_and_tables(tmp_path, capsys
     assert "| ddrm 4 |" in tables and "| y (as is) |" in tables
     restore_digits.main(["--summarize", str(out)])
     assert "targets" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_posterior_cost_measures_one_method_in_process():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import posterior_cost
+
+    args = posterior_cost.argparse.Namespace(
+        config="configs/tiny.py", task="sr2_avgpool", sigma_y=0.05, nfe=8, batch=2,
+        repeats=1, warmup=0, method="ddrm")
+    row = posterior_cost.measure(args)
+    assert row["nfe_used"] == 8 and row["finite"] and row["seconds_per_image"] > 0
+    assert row["xla_buffers_mib"] > 0 and row["peak_rss_mib"] > 100
+    assert "| ddrm | 8 |" in posterior_cost.table([row])
