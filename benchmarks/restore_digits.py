@@ -183,8 +183,15 @@ class Bench:
 
 
 def _cell(rows: list[dict], key: str, fmt: str) -> str:
-    vals = [r[key] for r in rows if key in r]
-    return fmt.format(vals[0]) if vals else "-"
+    """The value; 'NaN' for a diverged run, 'n/a' for a refused one, '-' for none."""
+    for r in rows:
+        if key in r:
+            return fmt.format(r[key])
+        if "non_finite" in r and key != "seconds":
+            return "NaN"
+        if "skipped" in r:
+            return "n/a"
+    return "-"
 
 
 def metric_table(results: dict, key: str, fmt: str) -> list[str]:
@@ -225,14 +232,28 @@ def target_table(results: dict) -> list[str]:
     return lines
 
 
+def merge(runs: list[dict]) -> dict:
+    """One results dict from several runs: all cells, baselines once per (task, baseline),
+    the first run's unconditional samples."""
+    out = {"cells": [c for r in runs for c in r["cells"]], "baselines": [],
+           "unconditional": next((r["unconditional"] for r in runs if r["unconditional"]),
+                                 None)}
+    seen = set()
+    for b in (b for r in runs for b in r["baselines"]):
+        if (b["task"], b["baseline"]) not in seen:
+            seen.add((b["task"], b["baseline"]))
+            out["baselines"].append(b)
+    return out
+
+
 def summary(results: dict) -> str:
     out = []
     for title, key, fmt in (("PSNR (dB)", "psnr", "{:.2f}"), ("SSIM (7x7)", "ssim", "{:.3f}"),
                             ("digits FD", "digits_fd", "{:.1f}"),
                             ("seconds per set (after compile)", "seconds", "{:.1f}")):
-        table = metric_table(results, key, fmt)
-        out += [f"\n{title}", *(line for line in table if "| - |" not in line
-                                 or any(c not in "| -" for c in line))]
+        table = metric_table(results, key, fmt)  # rows without a value left out
+        out += [f"\n{title}", *table[:2], *(line for line in table[2:] if any(
+            c.strip() != "-" for c in line.strip("| ").split(" | ")[1:]))]
     u = results.get("unconditional")
     if u:
         out.append(f"\nunconditional ({u['sampler']}, {u['nfe']} NFE): digits FD "
@@ -255,10 +276,13 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke run: {QUICK}, no unconditional samples")
     p.add_argument("--out", default=str(RESULTS / "restore_digits.json"))
-    p.add_argument("--summarize", default="", help="print the tables of a results file")
+    p.add_argument("--skip_unconditional", action="store_true",
+                   help="no unconditional samples (a run that adds cells to another)")
+    p.add_argument("--summarize", nargs="*", default=None,
+                   help="print the tables of results files (cells of later files added)")
     args = p.parse_args(argv)
     if args.summarize:
-        print(summary(json.loads(Path(args.summarize).read_text())))
+        print(summary(merge([json.loads(Path(f).read_text()) for f in args.summarize])))
         return
     if args.quick:  # QUICK's values where no flag was given
         p.set_defaults(**QUICK)
@@ -267,7 +291,7 @@ def main(argv=None):
         p.error("--workdir (a trained digits run) is needed unless --quick")
     bench = Bench(args)
     start = time.time()
-    if not args.quick:
+    if not (args.quick or args.skip_unconditional):
         bench.unconditional()
     for i, spec in enumerate(args.tasks.split(",")):
         bench.task(spec, seed=i)
