@@ -28,6 +28,7 @@ from score_sde import inference, inverse, sampling, storage
 from score_sde import logging_utils as log
 from score_sde.data import get_data_inverse_scaler, get_data_scaler, get_dataset
 from score_sde.inference import load_classifier_fn  # noqa: F401  (its former home)
+from score_sde.inverse import report
 
 MASKS = ("left_half", "right_half", "top_half", "bottom_half", "center", "random")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -313,14 +314,19 @@ def _observation(config, operator, images, observation: str | None, sigma_y: flo
 def restore(config, workdir: str | Path, task: str = "sr4_bicubic", input: str | None = None,
             observation: str | None = None, method: str | None = None, nfe: int | None = None,
             sigma_y: float | None = None, n: int = 16, folder: str = "restore",
-            seed: int = 0) -> Path:
+            seed: int = 0, lpips_weights: str | None = None) -> Path:
     """Restore degraded images by posterior sampling (score_sde.inverse); grid: observation
     (its pseudo-inverse / back-projection) | result | truth when known; writes
-    <folder>/<task>.png, <task>.npz and <task>.json (PSNR, SSIM against the truth)."""
+    <folder>/<task>.png, <task>.npz (observation, results, truth, baseline_<name>) and
+    <task>.json: with a truth, the result's PSNR, SSIM, LPIPS (lpips_weights, or
+    config.restore.lpips_weights) and digits FD (digits data) beside the same metrics of the
+    simple baselines (inverse.report: A^+ y, bicubic upsampling, y itself)."""
     d = config.data
     shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
     operator = inverse.get_operator(task, shape)
     method, nfe, sigma_y = _restore_settings(config, method, nfe, sigma_y)
+    lpips_weights = lpips_weights or (config.get("restore", {}) or {}).get("lpips_weights")
+    lpips_fn = report.lpips_distance(lpips_weights) if lpips_weights else None  # fail early
     images = None if observation is not None else load_images(config, input, n)[0]
     y, truth = _observation(config, operator, images, observation, sigma_y, seed)
     inverse_scaler = get_data_inverse_scaler(config)
@@ -332,15 +338,25 @@ def restore(config, workdir: str | Path, task: str = "sr4_bicubic", input: str |
 
     result = _run(config, workdir, np.zeros((len(y),) + shape, np.float32), build, seed)
     seen = np.clip(np.asarray(inverse_scaler(_back_project(operator, y))), 0.0, 1.0)
+    base = {k: np.clip(np.asarray(inverse_scaler(v), np.float32), 0.0, 1.0)
+            for k, v in report.baselines(operator, y).items()}
     columns = [seen, result] + ([truth] if truth is not None else [])
-    scores = {"psnr": _psnr(result, truth)} if truth is not None else {}
     path = _write(workdir, folder, task, columns, observation=np.asarray(y), results=result,
-                  **({"truth": truth} if truth is not None else {}))
-    storage.write_json(storage.path(workdir) / folder / f"{task}.json",
-                   {"task": task, "method": method, "nfe": nfe, "sigma_y": sigma_y, **scores})
-    log.say(f"Restoration ({task}, {method}, {nfe} NFE) grid (observation | result"
-            + (" | truth" if truth is not None else "") + f"): {path}"
-            + "".join(f"; {k} {v:.3f}" for k, v in scores.items()))
+                  **({"truth": truth} if truth is not None else {}),
+                  **{f"baseline_{k}": v for k, v in base.items()})
+    summary = {"task": task, "method": method, "nfe": nfe, "sigma_y": sigma_y,
+               "num_images": len(y)}
+    scores = {}
+    if truth is not None:
+        digits = str(d.dataset).upper() == "DIGITS"
+        scores = report.restore_metrics({"result": result, **base}, truth, lpips_fn=lpips_fn,
+                                        digits=digits)
+        summary.update(scores["result"], baselines={k: scores[k] for k in base})
+    storage.write_json(storage.path(workdir) / folder / f"{task}.json", summary)
+    log.say(f"Restoration ({task}, {method}, {nfe} NFE, sigma_y {sigma_y:g}) grid (observation"
+            f" | result{' | truth' if truth is not None else ''}): {path}")
+    for line in report.format_report(scores) if scores else ():
+        log.say("  " + line)
     return path
 
 
@@ -349,9 +365,3 @@ def _back_project(operator, y):
     if operator.has_pinv:
         return operator.pinv(y)
     return operator.adjoint(y)
-
-
-def _psnr(result: np.ndarray, truth: np.ndarray) -> float:
-    """Mean PSNR (dB) of the results against the truths, both in [0, 1]."""
-    mse = np.mean((result - truth).reshape(len(truth), -1) ** 2, axis=1)
-    return float(np.mean(10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))))

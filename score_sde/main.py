@@ -12,7 +12,8 @@ Modes (the MODES table; other modules add theirs with `@register_mode(name)`):
   colorize    colour the grey version of --input images (colour models)
   edit        SDEdit: perturb --input images to time --t0 and solve back
   restore     restore --input images degraded by --task (an operator preset), or a given
-              --observation, by posterior sampling (--restore_method, --nfe, --sigma_y)
+              --observation, by posterior sampling (--restore_method, --nfe, --sigma_y);
+              PSNR, SSIM, digits FD (--lpips_weights: LPIPS) beside simple baselines
   predict     video: the frames after config.video.predict_mask's given ones, for --input
               clips (or test clips), rolled out to config.video.rollout_frames; GIF/PNG/npz
   interpolate video: the frames between config.video.interpolate_mask's given ones
@@ -90,6 +91,9 @@ flags.DEFINE_string("restore_method", None, "--mode restore: the posterior sampl
 flags.DEFINE_integer("nfe", None, "--mode restore: the budget of network passes (default 100).")
 flags.DEFINE_float("sigma_y", None, "--mode restore: the observation noise's std in the data's "
                    "units (default 0.05 on [-1, 1]).")
+flags.DEFINE_string("lpips_weights", None, "--mode restore: an LPIPS weights .npz "
+                    "(score_sde/lpips.py, scripts/convert_lpips_weights.py) to add LPIPS to "
+                    "the report (default config.restore.lpips_weights; none: no LPIPS).")
 flags.DEFINE_string("split", "train", "Dataset split of --mode fid_stats.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -187,7 +191,8 @@ def _restore(config, workdir):
 
     return editing_modes.restore(config, workdir, task=FLAGS.task, input=FLAGS.input,
                                  observation=FLAGS.observation, method=FLAGS.restore_method,
-                                 nfe=FLAGS.nfe, sigma_y=FLAGS.sigma_y, n=FLAGS.num_images)
+                                 nfe=FLAGS.nfe, sigma_y=FLAGS.sigma_y, n=FLAGS.num_images,
+                                 lpips_weights=FLAGS.lpips_weights)
 
 
 @register_mode("edit")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from score_sde import checkpoints, evaluate, train
+from score_sde.metrics.frame_quality import psnr, ssim
 from tests import driver_configs
 
 EVAL = {"training.n_iters": 4, "training.log_freq": 2, "training.eval_freq": 4,
@@ -148,5 +149,29 @@ def test_restore_mode_keeps_the_observed_pixels_and_reports_psnr(trained):
                                  n=4, folder="restore")
     report = json.loads(path.with_suffix(".json").read_text())
     assert report["method"] == "mmps" and np.isfinite(report["psnr"])
+    # the report's metrics are those of the written arrays, beside the SR baselines
+    saved = np.load(path.with_suffix(".npz"))
+    assert set(report["baselines"]) == {"pinv", "bicubic"}
+    for name, key, metrics in [("results", "results", report),
+                               *((b, f"baseline_{b}", report["baselines"][b])
+                                 for b in ("pinv", "bicubic"))]:
+        x = saved[key]
+        assert x.shape == (4, 8, 8, 1), name
+        np.testing.assert_allclose(metrics["per_image"]["psnr"], psnr(x, saved["truth"]),
+                                   atol=1e-5)
+        np.testing.assert_allclose(metrics["ssim"], ssim(x, saved["truth"], window="auto").mean(),
+                                   atol=1e-6)
+        assert metrics["digits_fd_floor"] > 0 and np.isfinite(metrics["digits_fd"])
+    pooled = saved["observation"].repeat(2, axis=1).repeat(2, axis=2)  # A^+ y of avg pooling
+    np.testing.assert_allclose(saved["baseline_pinv"], np.clip((pooled + 1) / 2, 0, 1), atol=1e-6)
+    assert report["psnr"] != report["baselines"]["pinv"]["psnr"]
+    # denoising: the baseline is no restoration, y itself
+    path = editing_modes.restore(config, workdir, task="denoise", method="ddrm", nfe=4,
+                                 sigma_y=0.2, n=4, folder="restore")
+    report = json.loads(path.with_suffix(".json").read_text())
+    saved = np.load(path.with_suffix(".npz"))
+    assert list(report["baselines"]) == ["observation"]
+    np.testing.assert_allclose(saved["baseline_observation"],
+                               np.clip((saved["observation"] + 1) / 2, 0, 1), atol=1e-6)
     with pytest.raises(ValueError, match="unknown operator preset 'sr3'"):
         editing_modes.restore(config, workdir, task="sr3", n=4)

@@ -563,15 +563,15 @@ def test_moving_digits_errors_are_one_line():
 # --- PSNR and SSIM -------------------------------------------------------------------------------
 
 
-def ssim_by_loops(x, y, data_range=1.0):
+def ssim_by_loops(x, y, data_range=1.0, size=11, sigma=1.5):
     """SSIM of two (H, W) images written out window by window (2-D Gaussian weights)."""
-    g = np.exp(-0.5 * ((np.arange(11) - 5) / 1.5) ** 2)
+    g = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2) / sigma) ** 2)
     w = np.outer(g, g) / np.outer(g, g).sum()
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     values = []
-    for i in range(x.shape[0] - 10):
-        for j in range(x.shape[1] - 10):
-            a, b = x[i:i + 11, j:j + 11], y[i:i + 11, j:j + 11]
+    for i in range(x.shape[0] - size + 1):
+        for j in range(x.shape[1] - size + 1):
+            a, b = x[i:i + size, j:j + size], y[i:i + size, j:j + size]
             ma, mb = np.sum(w * a), np.sum(w * b)
             va, vb = np.sum(w * (a - ma) ** 2), np.sum(w * (b - mb) ** 2)
             cov = np.sum(w * (a - ma) * (b - mb))
@@ -607,6 +607,42 @@ def test_ssim_matches_scikit_image():
                                                 use_sample_covariance=False, data_range=1.0,
                                                 channel_axis=-1)
     assert abs(ssim(x, y) - ref) < 1e-12
+
+
+def test_ssim_small_frames_take_the_stated_7x7_window():
+    """window="auto": 11x11 where it fits (bit-identical to the default), else 7x7 with sigma
+    1.5 * 7 / 11, checked window by window on 8x8 digits-sized frames; too small: one line."""
+    from score_sde.metrics.frame_quality import SMALL_SSIM_WINDOW, ssim
+
+    assert SMALL_SSIM_WINDOW == (7, 1.5 * 7 / 11)
+    rng = np.random.default_rng(2)
+    x = rng.uniform(size=(3, 8, 9, 1))
+    y = np.clip(x + 0.2 * rng.normal(size=x.shape), 0, 1)
+    ref = [ssim_by_loops(x[n, ..., 0], y[n, ..., 0], size=7, sigma=1.5 * 7 / 11) for n in range(3)]
+    np.testing.assert_allclose(ssim(x, y, window="auto"), ref, rtol=1e-12)
+    np.testing.assert_allclose(ssim(x, y, window=(7, 1.5 * 7 / 11)), ref, rtol=1e-12)
+    assert not np.allclose(ssim(x, y, window=(5, 1.0)), ref, rtol=1e-3)  # the window matters
+    big = rng.uniform(size=(2, 12, 13, 2))
+    assert np.array_equal(ssim(big, big[::-1], window="auto"), ssim(big, big[::-1]))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(x, y)  # the default window stays strict
+    with pytest.raises(ValueError, match="at least 7x7 pixels"):
+        ssim(x[:, :6], y[:, :6], window="auto")
+    with pytest.raises(ValueError, match="odd size"):
+        ssim(x, y, window=(6, 1.0))
+
+
+def test_ssim_small_window_matches_scikit_image():
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    from score_sde.metrics.frame_quality import ssim
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(8, 8, 1))
+    y = np.clip(x + 0.1 * rng.normal(size=x.shape), 0, 1)
+    ref = skimage_metrics.structural_similarity(x, y, win_size=7, gaussian_weights=True,
+                                                sigma=1.5 * 7 / 11, use_sample_covariance=False,
+                                                data_range=1.0, channel_axis=-1)
+    assert abs(ssim(x, y, window="auto") - ref) < 1e-12
 
 
 def test_psnr_closed_form_and_cap():

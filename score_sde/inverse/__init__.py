@@ -47,6 +47,10 @@ Posterior samplers (score_sde.inverse.posterior):
   is refused with one line; so are a wrong shape, a negative sigma_y, an unknown method or
   option, and a budget below one step's cost.
   exact          closed-form posteriors of linear-Gaussian observations (tests, benchmarks)
+
+Reports (score_sde.inverse.report, imported on its own): the simple baselines of an observation
+(A^+ y, bicubic upsampling, y itself) and PSNR / SSIM / LPIPS / digits FD of a restoration and
+of the baselines against the truth: what --mode restore writes.
 """
 
 # The posterior methods register themselves when imported.

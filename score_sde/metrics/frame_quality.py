@@ -12,7 +12,13 @@ Gaussian-weighted local means, variances and covariance (11x11 window, sigma 1.5
 normalised to sum 1, population moments), C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = data_range.
 This is `skimage.metrics.structural_similarity(x, y, gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=L)` (which averages the same valid region). Frames
-must be at least 11x11.
+must be at least as large as the window.
+
+Small images (`window="auto"`, or `ssim_window(shape)`): frames of at least 11 px keep the 11x11
+window; frames of 7 to 10 px (8x8 digits) get a 7x7 window with sigma 1.5 * 7 / 11 = 0.955
+(the standard window shrunk in proportion; on 8x8 it leaves 2x2 window positions), which is
+`structural_similarity(..., win_size=7, gaussian_weights=True, sigma=1.5 * 7 / 11, ...)`.
+Smaller frames are refused. Scores with different windows are not comparable.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import numpy as np
 
 from score_sde.metrics.clips import as_unit_clips
 
-__all__ = ["SSIM_WINDOW", "gaussian_window", "prediction_scores", "psnr", "ssim"]
+__all__ = ["SMALL_SSIM_WINDOW", "SSIM_WINDOW", "gaussian_window", "prediction_scores", "psnr",
+           "ssim", "ssim_window"]
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
+SMALL_SSIM_WINDOW = (7, SSIM_SIGMA * 7 / SSIM_WINDOW)  # (size, sigma) for frames under 11 px
 K1, K2 = 0.01, 0.03
 
 
@@ -52,14 +60,32 @@ def _filter_valid(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.einsum("...hwck,k->...hwc", windows(x, len(w), axis=-2), w)
 
 
-def ssim(pred: np.ndarray, target: np.ndarray, *, data_range: float = 1.0) -> np.ndarray:
-    """SSIM of images (..., H, W, C), H, W >= 11, against targets of the same shape: shape
-    (...), the mean over valid pixels and channels (module docstring)."""
+def ssim_window(shape: tuple[int, ...]) -> tuple[int, float]:
+    """(size, sigma) of the Gaussian window for frames of shape (..., H, W, C): 11x11 with
+    sigma 1.5 where it fits, else SMALL_SSIM_WINDOW (module docstring)."""
+    side = min(shape[-3:-1])
+    if side >= SSIM_WINDOW:
+        return SSIM_WINDOW, SSIM_SIGMA
+    if side >= SMALL_SSIM_WINDOW[0]:
+        return SMALL_SSIM_WINDOW
+    raise ValueError(f"SSIM needs frames of at least {SMALL_SSIM_WINDOW[0]}x"
+                     f"{SMALL_SSIM_WINDOW[0]} pixels, got shape {tuple(shape)}")
+
+
+def ssim(pred: np.ndarray, target: np.ndarray, *, data_range: float = 1.0,
+         window: tuple[int, float] | str = (SSIM_WINDOW, SSIM_SIGMA)) -> np.ndarray:
+    """SSIM of images (..., H, W, C) against targets of the same shape: shape (...), the mean
+    over valid pixels and channels (module docstring). window: (size, sigma) of the Gaussian
+    window (odd size; frames at least size x size), default 11x11 with sigma 1.5, or "auto"
+    for `ssim_window`'s choice by the frame size."""
     pred, target = _pair(pred, target)
-    if min(pred.shape[-3:-1]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, "
-                         f"got shape {pred.shape}")
-    w = gaussian_window()
+    size, sigma = ssim_window(pred.shape) if window == "auto" else window
+    if int(size) != size or size < 1 or size % 2 == 0 or not sigma > 0:
+        raise ValueError(f"SSIM's window must be (odd size >= 1, sigma > 0), got {window!r}")
+    if min(pred.shape[-3:-1]) < size:
+        raise ValueError(f"SSIM with a {size}x{size} window needs frames of at least "
+                         f"{size}x{size} pixels, got shape {pred.shape}")
+    w = gaussian_window(int(size), float(sigma))
     mx, my = _filter_valid(pred, w), _filter_valid(target, w)
     vx = _filter_valid(pred * pred, w) - mx * mx
     vy = _filter_valid(target * target, w) - my * my
