@@ -33,11 +33,12 @@ from score_sde import storage
 from score_sde.data import clips as clip_data
 from score_sde.data import get_data_inverse_scaler, get_data_scaler, get_source
 from score_sde.inference import Restorer
+from score_sde.metrics.frame_quality import psnr as frame_psnr
 from score_sde.models.video import num_frames
 from score_sde.video import clip_io
 from score_sde.video.masks import check_mask, parse_mask
 from score_sde.video.rollout import check_rollout, rollout
-from score_sde.video.sampling import block_sampler, frame_psnr
+from score_sde.video.sampling import block_sampler
 
 MASK_FIELDS = {"predict": "predict_mask", "interpolate": "interpolate_mask"}
 

@@ -13,7 +13,6 @@ to the observation.
 from __future__ import annotations
 
 import jax
-import numpy as np
 
 from score_sde import models, sde_lib
 from score_sde.inference import model_score_fn
@@ -49,8 +48,3 @@ def block_sampler(config, sde: sde_lib.SDE, eps: float, model, params, n: int) -
 
     return jax.jit(run)
 
-
-def frame_psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """PSNR (dB) of each frame of clips a and b (N, T, H, W, C) in [0, 1]: shape (N, T)."""
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2, axis=(2, 3, 4))
-    return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-10))
