@@ -12,7 +12,10 @@ of the target "FD within 1.5x of the unconditional samples' at sigma_y = 0.05".
 
 Tasks are operator presets, optionally with overrides and a sigma_y (in [-1, 1] units,
 default 0.05): 'name[:key=value,...][@sigma_y]', e.g. 'gaussian_blur:std=1.0', 'denoise@0.1';
-methods likewise with their options, ';'-separated: 'mmps;dps:zeta=0.1'.
+methods likewise with their options, ';'-separated: 'mmps;dps:zeta=0.1'; the option samples=k
+scores the mean of k posterior samples per image (as --mode restore --restore_samples k).
+The guided methods get value_range = the data's range (as --mode restore) unless
+--no_value_range.
 
     python benchmarks/restore_digits.py --workdir /work/runs/digits_default
     python benchmarks/restore_digits.py --summarize benchmarks/results/restore_digits.json
@@ -38,7 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's package
 
 from score_sde import inference, inverse, models, parallel, run_config, sde_lib  # noqa: E402
-from score_sde.data import get_data_inverse_scaler, get_data_scaler  # noqa: E402
+from score_sde.data import (  # noqa: E402
+    get_data_inverse_scaler,
+    get_data_scaler,
+    get_data_value_range,
+)
 from score_sde.inverse import report  # noqa: E402
 from score_sde.metrics.digits_classifier import digits_split  # noqa: E402
 from score_sde.metrics.digits_quality import digits_quality  # noqa: E402
@@ -141,8 +148,13 @@ class Bench:
     def cell(self, spec, operator, y, sigma_y, method, nfe):
         row = {"task": spec, "method": method, "nfe": nfe}
         name, options, _ = parse_task(method)  # 'method[:option=value,...]'
+        samples = int(options.pop("samples", 1))  # > 1: the mean of that many, as --mode restore
+        if not self.args.no_value_range:  # as --mode restore: the data's range, [-1, 1]
+            options = inverse.with_value_range(name, options, get_data_value_range(self.config))
+        n = len(self.truth)
         try:
-            sample = inverse.get_posterior_sampler(name, self.sde, operator, self.truth.shape,
+            sample = inverse.get_posterior_sampler(name, self.sde, operator,
+                                                   (samples * n,) + self.truth.shape[1:],
                                                    sigma_y=sigma_y, nfe=nfe, eps=self.eps,
                                                    **options)
         except ValueError as e:  # no SVD, a budget below one step, ...
@@ -150,7 +162,8 @@ class Bench:
         else:
             (x, used), compile_s, run_s = timed_call(
                 lambda p, rng, obs: sample(rng, self.score_fn(p), obs),
-                self.params, jax.random.PRNGKey(0), y)
+                self.params, jax.random.PRNGKey(0), jnp.concatenate([y] * samples))
+            x = x.reshape((samples, n) + x.shape[1:]).mean(axis=0)
             row.update(nfe_used=int(used), seconds=round(run_s, 2),
                        compile_seconds=round(compile_s, 1))
             bad = float(np.mean(~np.isfinite(np.asarray(x))))
@@ -276,6 +289,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke run: {QUICK}, no unconditional samples")
     p.add_argument("--out", default=str(RESULTS / "restore_digits.json"))
+    p.add_argument("--no_value_range", action="store_true",
+                   help="the guided methods unclipped (no value_range; runs 1-4 of the page)")
     p.add_argument("--skip_unconditional", action="store_true",
                    help="no unconditional samples (a run that adds cells to another)")
     p.add_argument("--summarize", nargs="*", default=None,

@@ -26,7 +26,12 @@ from etils.epath import Path
 from score_sde import controllable as C
 from score_sde import inference, inverse, sampling, storage
 from score_sde import logging_utils as log
-from score_sde.data import get_data_inverse_scaler, get_data_scaler, get_dataset
+from score_sde.data import (
+    get_data_inverse_scaler,
+    get_data_scaler,
+    get_data_value_range,
+    get_dataset,
+)
 from score_sde.inference import load_classifier_fn  # noqa: F401  (its former home)
 from score_sde.inverse import report
 
@@ -287,18 +292,22 @@ def edit(config, workdir: str | Path, input: str | None = None, t0: float = 0.5,
 DEFAULT_RESTORE_METHOD = "mmps"
 
 
-def _restore_settings(config, method: str | None, nfe: int | None,
-                      sigma_y: float | None) -> tuple[str, int, float]:
-    """(method, nfe, sigma_y): the flags, else config.restore.*, else the defaults (sigma_y:
-    the benchmark's 0.05 on [-1, 1], halved for data on [0, 1])."""
+def _restore_settings(config, method: str | None, nfe: int | None, sigma_y: float | None,
+                      samples: int | None) -> tuple[str, int, float, int]:
+    """(method, nfe, sigma_y, samples): the flags, else config.restore.*, else the defaults
+    (sigma_y: the benchmark's 0.05 on [-1, 1], halved for data on [0, 1]; one sample)."""
     section = config.get("restore", {}) or {}
     method = str(method or section.get("method") or DEFAULT_RESTORE_METHOD).lower()
     nfe = int(nfe or section.get("nfe") or 100)
+    samples = int(samples or section.get("samples") or 1)
+    if samples < 1:
+        raise ValueError(f"restore: samples must be >= 1 (posterior samples per image), got "
+                         f"{samples}")
     if sigma_y is None:
         sigma_y = section.get("sigma_y")
     if sigma_y is None:
         sigma_y = inverse.DEFAULT_SIGMA_Y * (1.0 if config.data.centered else 0.5)
-    return method, nfe, float(sigma_y)
+    return method, nfe, float(sigma_y), samples
 
 
 def _observation(config, operator, images, observation: str | None, sigma_y: float, seed: int):
@@ -314,47 +323,62 @@ def _observation(config, operator, images, observation: str | None, sigma_y: flo
 def restore(config, workdir: str | Path, task: str = "sr4_bicubic", input: str | None = None,
             observation: str | None = None, method: str | None = None, nfe: int | None = None,
             sigma_y: float | None = None, n: int = 16, folder: str = "restore",
-            seed: int = 0, lpips_weights: str | None = None) -> Path:
+            seed: int = 0, lpips_weights: str | None = None, samples: int | None = None) -> Path:
     """Restore degraded images by posterior sampling (score_sde.inverse); grid: observation
-    (its pseudo-inverse / back-projection) | result | truth when known; writes
-    <folder>/<task>.png, <task>.npz (observation, results, truth, baseline_<name>) and
-    <task>.json: with a truth, the result's PSNR, SSIM, LPIPS (lpips_weights, or
-    config.restore.lpips_weights) and digits FD (digits data) beside the same metrics of the
-    simple baselines (inverse.report: A^+ y, bicubic upsampling, y itself)."""
+    (its pseudo-inverse / back-projection) | result | truth when known. samples > 1 (default
+    config.restore.samples, else 1) draws that many posterior samples per image: the result is
+    their mean (the posterior mean's estimate, which minimises the expected squared error), and
+    their per-pixel std is written too. Writes <folder>/<task>.png, <task>.npz (observation,
+    results, truth, baseline_<name>; with samples > 1 also posterior_samples and
+    posterior_std) and <task>.json: with a truth, the result's PSNR, SSIM, LPIPS
+    (lpips_weights, or config.restore.lpips_weights) and digits FD (digits data) beside the
+    same metrics of one posterior sample (samples > 1) and of the simple baselines
+    (inverse.report: A^+ y, bicubic upsampling, y itself)."""
     d = config.data
     shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
     operator = inverse.get_operator(task, shape)
-    method, nfe, sigma_y = _restore_settings(config, method, nfe, sigma_y)
+    method, nfe, sigma_y, samples = _restore_settings(config, method, nfe, sigma_y, samples)
     lpips_weights = lpips_weights or (config.get("restore", {}) or {}).get("lpips_weights")
     lpips_fn = report.lpips_distance(lpips_weights) if lpips_weights else None  # fail early
     images = None if observation is not None else load_images(config, input, n)[0]
     y, truth = _observation(config, operator, images, observation, sigma_y, seed)
     inverse_scaler = get_data_inverse_scaler(config)
+    batch = samples * len(y)  # sample k of image i at k * len(y) + i
 
     def build(model, batch_shape, scaler):
-        sample = inverse.get_posterior_sampler(method, model.sde, operator, (len(y),) + shape,
-                                               sigma_y=sigma_y, nfe=nfe, eps=model.eps)
-        return lambda rng, score_fn: sample(rng, score_fn, y)
+        options = inverse.with_value_range(method, {}, get_data_value_range(config))
+        sample = inverse.get_posterior_sampler(method, model.sde, operator, (batch,) + shape,
+                                               sigma_y=sigma_y, nfe=nfe, eps=model.eps,
+                                               **options)
+        ys = jnp.concatenate([y] * samples)
+        return lambda rng, score_fn: sample(rng, score_fn, ys)
 
-    result = _run(config, workdir, np.zeros((len(y),) + shape, np.float32), build, seed)
+    draws = _run(config, workdir, np.zeros((batch,) + shape, np.float32), build, seed)
+    draws = draws.reshape((samples, len(y)) + shape)
+    result = draws.mean(axis=0)
     seen = np.clip(np.asarray(inverse_scaler(_back_project(operator, y))), 0.0, 1.0)
     base = {k: np.clip(np.asarray(inverse_scaler(v), np.float32), 0.0, 1.0)
             for k, v in report.baselines(operator, y).items()}
+    extra = ({"posterior_samples": draws, "posterior_std": draws.std(axis=0)}
+             if samples > 1 else {})
     columns = [seen, result] + ([truth] if truth is not None else [])
     path = _write(workdir, folder, task, columns, observation=np.asarray(y), results=result,
-                  **({"truth": truth} if truth is not None else {}),
+                  **({"truth": truth} if truth is not None else {}), **extra,
                   **{f"baseline_{k}": v for k, v in base.items()})
     summary = {"task": task, "method": method, "nfe": nfe, "sigma_y": sigma_y,
-               "num_images": len(y)}
+               "num_images": len(y), "samples": samples}
     scores = {}
     if truth is not None:
         digits = str(d.dataset).upper() == "DIGITS"
-        scores = report.restore_metrics({"result": result, **base}, truth, lpips_fn=lpips_fn,
-                                        digits=digits)
-        summary.update(scores["result"], baselines={k: scores[k] for k in base})
+        single = {"one sample": draws[0]} if samples > 1 else {}
+        scores = report.restore_metrics({"result": result, **single, **base}, truth,
+                                        lpips_fn=lpips_fn, digits=digits)
+        summary.update(scores["result"], baselines={k: scores[k] for k in base},
+                       **({"one_sample": scores["one sample"]} if single else {}))
     storage.write_json(storage.path(workdir) / folder / f"{task}.json", summary)
-    log.say(f"Restoration ({task}, {method}, {nfe} NFE, sigma_y {sigma_y:g}) grid (observation"
-            f" | result{' | truth' if truth is not None else ''}): {path}")
+    what = f"mean of {samples} samples" if samples > 1 else "one sample"
+    log.say(f"Restoration ({task}, {method}, {nfe} NFE, sigma_y {sigma_y:g}, {what}) grid "
+            f"(observation | result{' | truth' if truth is not None else ''}): {path}")
     for line in report.format_report(scores) if scores else ():
         log.say("  " + line)
     return path

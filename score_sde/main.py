@@ -91,6 +91,9 @@ flags.DEFINE_string("restore_method", None, "--mode restore: the posterior sampl
 flags.DEFINE_integer("nfe", None, "--mode restore: the budget of network passes (default 100).")
 flags.DEFINE_float("sigma_y", None, "--mode restore: the observation noise's std in the data's "
                    "units (default 0.05 on [-1, 1]).")
+flags.DEFINE_integer("restore_samples", None, "--mode restore: posterior samples per image; "
+                     "more than 1 writes their mean (the least-squares estimate) and per-pixel "
+                     "std (default config.restore.samples or 1).")
 flags.DEFINE_string("lpips_weights", None, "--mode restore: an LPIPS weights .npz "
                     "(score_sde/lpips.py, scripts/convert_lpips_weights.py) to add LPIPS to "
                     "the report (default config.restore.lpips_weights; none: no LPIPS).")
@@ -192,7 +195,8 @@ def _restore(config, workdir):
     return editing_modes.restore(config, workdir, task=FLAGS.task, input=FLAGS.input,
                                  observation=FLAGS.observation, method=FLAGS.restore_method,
                                  nfe=FLAGS.nfe, sigma_y=FLAGS.sigma_y, n=FLAGS.num_images,
-                                 lpips_weights=FLAGS.lpips_weights)
+                                 lpips_weights=FLAGS.lpips_weights,
+                                 samples=FLAGS.restore_samples)
 
 
 @register_mode("edit")

@@ -165,13 +165,22 @@ def test_restore_mode_keeps_the_observed_pixels_and_reports_psnr(trained):
     pooled = saved["observation"].repeat(2, axis=1).repeat(2, axis=2)  # A^+ y of avg pooling
     np.testing.assert_allclose(saved["baseline_pinv"], np.clip((pooled + 1) / 2, 0, 1), atol=1e-6)
     assert report["psnr"] != report["baselines"]["pinv"]["psnr"]
-    # denoising: the baseline is no restoration, y itself
+    # denoising: the baseline is no restoration, y itself; 3 samples per image: the result is
+    # their mean, scored beside one of them
     path = editing_modes.restore(config, workdir, task="denoise", method="ddrm", nfe=4,
-                                 sigma_y=0.2, n=4, folder="restore")
+                                 sigma_y=0.2, n=4, folder="restore", samples=3)
     report = json.loads(path.with_suffix(".json").read_text())
     saved = np.load(path.with_suffix(".npz"))
-    assert list(report["baselines"]) == ["observation"]
+    assert list(report["baselines"]) == ["observation"] and report["samples"] == 3
     np.testing.assert_allclose(saved["baseline_observation"],
                                np.clip((saved["observation"] + 1) / 2, 0, 1), atol=1e-6)
+    draws = saved["posterior_samples"]
+    assert draws.shape == (3, 4, 8, 8, 1) and np.ptp(draws, axis=0).max() > 1e-3
+    np.testing.assert_allclose(saved["results"], draws.mean(0), atol=1e-6)
+    np.testing.assert_allclose(saved["posterior_std"], draws.std(0), atol=1e-6)
+    np.testing.assert_allclose(report["one_sample"]["per_image"]["psnr"],
+                               psnr(draws[0], saved["truth"]), atol=1e-5)
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        editing_modes.restore(config, workdir, task="denoise", n=4, samples=-2)
     with pytest.raises(ValueError, match="unknown operator preset 'sr3'"):
         editing_modes.restore(config, workdir, task="sr3", n=4)

@@ -17,7 +17,7 @@ def test_restore_digits_quick_writes_cells_baselines_and_tables(tmp_path, capsys
 
     out = tmp_path / "r.json"
     restore_digits.main(["--quick", "--config", "configs/tiny.py", "--tasks", "denoise@0.1",
-                         "--methods", "ddrm;mmps", "--nfes", "4", "--out", str(out)])
+                         "--methods", "ddrm:samples=2;mmps", "--nfes", "4", "--out", str(out)])
     results = json.loads(out.read_text())
     assert results["n"] == 8 and results["unconditional"] is None
     (base,) = results["baselines"]
@@ -27,7 +27,7 @@ def test_restore_digits_quick_writes_cells_baselines_and_tables(tmp_path, capsys
     assert ddrm["nfe_used"] == 4 and np.isfinite(ddrm["psnr"]) and ddrm["digits_fd_floor"] > 0
     assert "nfe=4 is below the cost" in mmps["skipped"]  # 2 + 6 CG steps per call
     tables = capsys.readouterr().out
-    assert "| ddrm 4 |" in tables and "| y (as is) |" in tables
+    assert "| ddrm:samples=2 4 |" in tables and "| y (as is) |" in tables
     restore_digits.main(["--summarize", str(out)])
     assert "targets" in capsys.readouterr().out
 

@@ -31,6 +31,11 @@ def get_data_inverse_scaler(config) -> Callable[[Any], Any]:
     return lambda x: x
 
 
+def get_data_value_range(config) -> tuple[float, float]:
+    """The model's data range: the image of [0, 1] under `get_data_scaler`."""
+    return (-1.0, 1.0) if config.data.centered else (0.0, 1.0)
+
+
 # ----------------------------------------------------------------------------- geometry
 
 

@@ -43,9 +43,11 @@ Posterior samplers (score_sde.inverse.posterior):
 
   The guided methods (mmps, pigdm, dps) are transforms of the data prediction that any
   fixed-step sampler runs (guidance.guided_score); data_scale is the data's spread (1 for
-  [-1, 1] images, as the samplers' data_scale). A method that needs what the operator lacks
-  is refused with one line; so are a wrong shape, a negative sigma_y, an unknown method or
-  option, and a budget below one step's cost.
+  [-1, 1] images, as the samplers' data_scale); value_range=(lo, hi), the data's range, clips
+  their data prediction (None by default, so they stay exact on Gaussian data; on a trained
+  network they need it: --mode restore passes the config's range, with_value_range). A
+  method that needs what the operator lacks is refused with one line; so are a wrong shape, a
+  negative sigma_y, an unknown method or option, and a budget below one step's cost.
   exact          closed-form posteriors of linear-Gaussian observations (tests, benchmarks)
 
 Reports (score_sde.inverse.report, imported on its own): the simple baselines of an observation
@@ -82,7 +84,11 @@ from score_sde.inverse.operators_fft import (
                                     RealFourierBasis,
                                     wrap_kernel,
 )
-from score_sde.inverse.posterior import POSTERIOR_METHODS, get_posterior_sampler
+from score_sde.inverse.posterior import (
+    POSTERIOR_METHODS,
+    get_posterior_sampler,
+    with_value_range,
+)
 from score_sde.inverse.presets import DEFAULT_SIGMA_Y, OPERATOR_PRESETS, Preset, get_operator
 from score_sde.inverse.tomography import RadonOperator
 
@@ -94,6 +100,7 @@ __all__ = [
     "Preset", "RadonOperator", "RealFourierBasis", "SVDOperator", "SeparableOperator",
     "bicubic_downsampling", "bicubic_matrix", "box_mask", "gaussian_kernel", "get_operator",
     "get_posterior_sampler",
+    "with_value_range",
     "kspace_line_mask", "kspace_point_mask", "motion_kernel", "random_mask", "require",
     "wrap_kernel",
 ]

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from score_sde.inverse.base import Operator
 from score_sde.inverse.linalg import batch_dot, conjugate_gradients
-from score_sde.inverse.posterior import register_posterior
+from score_sde.inverse.posterior import check_value_range, register_posterior
 from score_sde.sampling import MERGE_SAMPLERS, SAMPLERS, get_sampler
 from score_sde.sampling.grids import check_data_scale
 from score_sde.sampling.steps import data_prediction
@@ -202,19 +202,35 @@ def _solver(method: str, sde: SDE, shape, calls: int, eps: float, sharding, solv
     return get_sampler(solver, sde, shape, nfe=calls, eps=eps, sharding=sharding, **options)
 
 
+def clipped(transform: DenoiserTransform, bounds: tuple[float, float] | None
+            ) -> DenoiserTransform:
+    """transform with its estimate of E[x0 | x_t, y] clipped to bounds = (lo, hi), the data's
+    value range (None: unchanged). The guidance term is (sigma^2 / alpha) times a product with
+    the network's Jacobian: at high noise a trained network's Jacobian error is multiplied by
+    (sigma / alpha)^2, and without a bound the solver's steps carry it (the published DPS and
+    PiGDM samplers clip the data prediction likewise)."""
+    if bounds is None:
+        return transform
+    lo, hi = bounds
+    return lambda x0_hat, x, t: jnp.clip(transform(x0_hat, x, t), lo, hi)
+
+
 def guided_sampler(method: str, sde: SDE, shape, nfe: int, eps: float, sharding,
                    make_transform: Callable[[Array], DenoiserTransform], cost: int,
                    checkpoint: bool, solver: str, own: dict, defaults: dict, options: dict):
-    """sample(rng, score_fn, y): `solver` on guided_score with make_transform(y); nfe // cost
-    solver calls of `cost` network passes each."""
+    """sample(rng, score_fn, y): `solver` on guided_score with make_transform(y) (clipped to
+    own['value_range']); nfe // cost solver calls of `cost` network passes each."""
     calls = nfe // cost
     if calls < 1:
         raise ValueError(f"{method}: nfe={nfe} is below the cost of one score call ({cost} "
                          "network passes); raise nfe")
     sample = _solver(method, sde, shape, calls, eps, sharding, solver, own, defaults, options)
+    value_range = own.get("value_range")
+    bounds = None if value_range is None else check_value_range(value_range)
 
     def run(rng, score_fn, y):
-        x, n = sample(rng, guided_score(sde, score_fn, make_transform(y), checkpoint))
+        transform = clipped(make_transform(y), bounds)
+        x, n = sample(rng, guided_score(sde, score_fn, transform, checkpoint))
         return x, n * cost
 
     run.ts = sample.ts
@@ -231,11 +247,13 @@ MMPS_DEFAULTS = {"ddim": {"eta": 1.0}}
 @register_posterior("dps", forwards_options=True)
 def dps_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: int, eps: float,
                 sharding=None, zeta: float = 1.0, checkpoint: bool = True,
-                solver: str = "ddim", data_scale: float | None = None, **options):
+                solver: str = "ddim", data_scale: float | None = None, value_range=None,
+                **options):
     """DPS (Chung et al. 2023) on `solver`: zeta is the paper's zeta' (step size zeta' /
     ||y - A(x0_hat)|| on the gradient of the squared residual; the published code's `scale`
     is 2 zeta'). sigma_y is not used (the step size replaces 1 / (2 sigma_y^2))."""
-    own = {"zeta": zeta, "checkpoint": checkpoint, "data_scale": data_scale}
+    own = {"zeta": zeta, "checkpoint": checkpoint, "data_scale": data_scale,
+           "value_range": value_range}
     return guided_sampler("dps", sde, shape, nfe, eps, sharding,
                           lambda y: dps_transform(sde, operator, y, zeta),
                           2 + int(checkpoint), checkpoint, solver, own, DPS_DEFAULTS, options)
@@ -244,10 +262,11 @@ def dps_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: int
 @register_posterior("pigdm", needs=("linear", "adjoint"), forwards_options=True)
 def pigdm_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: int, eps: float,
                   sharding=None, data_scale: float | None = None, checkpoint: bool = True,
-                  cg_iters: int = 50, solver: str = "ddim", **options):
+                  cg_iters: int = 50, solver: str = "ddim", value_range=None, **options):
     """PiGDM (Song et al. 2023) on `solver`; data_scale (None: 1) sets r_t and the solver's
     grid; cg_iters: CG steps of the observation-space solve for operators without an SVD."""
-    own = {"data_scale": data_scale, "checkpoint": checkpoint, "cg_iters": cg_iters}
+    own = {"data_scale": data_scale, "checkpoint": checkpoint, "cg_iters": cg_iters,
+           "value_range": value_range}
     return guided_sampler("pigdm", sde, shape, nfe, eps, sharding,
                           lambda y: pigdm_transform(sde, operator, y, sigma_y, data_scale,
                                                     cg_iters),
@@ -257,7 +276,7 @@ def pigdm_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: i
 @register_posterior("mmps", needs=("linear", "adjoint"), forwards_options=True)
 def mmps_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: int, eps: float,
                  sharding=None, cg_iters: int = 6, data_scale: float | None = None,
-                 solver: str = "dpm_solver++", **options):
+                 solver: str = "dpm_solver++", value_range=None, **options):
     """The covariance-aware update (TMPD / MMPS) on `solver`: min(cg_iters, dim(y)) CG steps
     per call (CG is exact after dim(y) steps), 2 + that many network passes; data_scale
     (None: 1) places the solver's grid.
@@ -271,7 +290,7 @@ def mmps_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: in
     if int(cg_iters) < 1:
         raise ValueError(f"mmps: cg_iters must be >= 1, got {cg_iters}")
     iters = min(int(cg_iters), operator.observation_size)
-    own = {"cg_iters": cg_iters, "data_scale": data_scale}
+    own = {"cg_iters": cg_iters, "data_scale": data_scale, "value_range": value_range}
     return guided_sampler("mmps", sde, shape, nfe, eps, sharding,
                           lambda y: mmps_transform(sde, operator, y, sigma_y, iters),
                           2 + iters, False, solver, own, MMPS_DEFAULTS, options)

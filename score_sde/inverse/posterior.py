@@ -72,6 +72,26 @@ def check_sigma_y(sigma_y: float | Array) -> None:
                          f"the data's units), got {sigma_y!r}")
 
 
+def check_value_range(value_range) -> tuple[float, float]:
+    """(lo, hi) as floats, or one line unless value_range is two finite numbers lo < hi."""
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range must be (lo, hi), the data's range (e.g. (-1, 1)), got "
+                         f"{value_range!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"value_range must be (lo, hi) with finite lo < hi, got {value_range!r}")
+    return lo, hi
+
+
+def with_value_range(method: str, options: dict, value_range) -> dict:
+    """options with value_range (the data's (lo, hi)) where `method` takes one and options do
+    not set it: what a driver passes for image data."""
+    if "value_range" in POSTERIOR_METHODS.lookup(method).options:
+        options = {"value_range": value_range, **options}
+    return options
+
+
 def check_shape(operator: Operator, shape: tuple[int, ...]) -> tuple[int, ...]:
     """shape as a tuple of ints, or one line unless it is (batch, *operator.input_shape)."""
     shape = tuple(int(d) for d in shape)
