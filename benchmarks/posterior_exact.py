@@ -18,8 +18,9 @@ Two priors whose posterior given y = A x0 + sigma_y n is known in closed form
 
 Every method gets the prior's spread as data_scale (sqrt(trace(Cov) / d): grids, PiGDM's and
 DAPS's r_t) and runs at budgets --nfes (network passes, score_sde.inverse.posterior's
-convention). VP is the published VP SDE; VE has sigma_max = the data's largest distance
-between modes (1.5 x for the mixture) as the VE recipe asks. Problem data are jit arguments,
+convention). VP and sub-VP are the published SDEs; VE (sigma_min 0.01) and EDM have
+sigma_max = the data's largest distance between modes (1.5 x for the mixture) as the VE
+recipe asks, at least 50 (VE) and 80 (EDM's own). Problem data are jit arguments,
 so each (method, SDE, d, d_y, NFE) cell compiles once.
 
     python benchmarks/posterior_exact.py --part gaussian            # Gaussian prior
@@ -179,9 +180,18 @@ def check_scores(sde):
 
 
 def make_sde(name: str, diameter: float):
+    """(SDE, eps): 'vp', 'subvp' (the published ones), 've' and 'edm' with their top noise
+    at least the data's diameter (the VE recipe)."""
+    top = float(np.ceil(diameter))
     if name == "vp":
         return sde_lib.VPSDE(), 1e-3
-    return sde_lib.VESDE(sigma_min=0.01, sigma_max=max(50.0, float(np.ceil(diameter)))), 1e-5
+    if name == "subvp":
+        return sde_lib.subVPSDE(), 1e-3
+    if name == "edm":
+        return sde_lib.EDMSDE(sigma_max=max(80.0, top)), 2e-3
+    if name == "ve":
+        return sde_lib.VESDE(sigma_min=0.01, sigma_max=max(50.0, top)), 1e-5
+    raise ValueError(f"--sdes: unknown SDE {name!r}; choose from vp, subvp, ve, edm")
 
 
 @functools.cache
@@ -363,7 +373,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", default="gaussian", choices=["gaussian", "mixture"])
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--sdes", default="vp,ve")
+    parser.add_argument("--sdes", default="vp,ve", help="of vp, subvp, ve, edm")
     parser.add_argument("--nfes", default="10,20,50,100")
     parser.add_argument("--n", type=int, default=2000, help="samples per problem")
     parser.add_argument("--dims-gaussian", default="16,64,256")

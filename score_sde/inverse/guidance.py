@@ -207,8 +207,8 @@ def clipped(transform: DenoiserTransform, bounds: tuple[float, float] | None
     """transform with its estimate of E[x0 | x_t, y] clipped to bounds = (lo, hi), the data's
     value range (None: unchanged). The guidance term is (sigma^2 / alpha) times a product with
     the network's Jacobian: at high noise a trained network's Jacobian error is multiplied by
-    (sigma / alpha)^2, and without a bound the solver's steps carry it (the published DPS and
-    PiGDM samplers clip the data prediction likewise)."""
+    (sigma / alpha)^2, and without a bound the solver's steps carry it (DDPM's published
+    sampler, which DPS runs on, clips its data prediction likewise)."""
     if bounds is None:
         return transform
     lo, hi = bounds
@@ -251,7 +251,8 @@ def dps_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: int
                 **options):
     """DPS (Chung et al. 2023) on `solver`: zeta is the paper's zeta' (step size zeta' /
     ||y - A(x0_hat)|| on the gradient of the squared residual; the published code's `scale`
-    is 2 zeta'). sigma_y is not used (the step size replaces 1 / (2 sigma_y^2))."""
+    is 2 zeta'). sigma_y is not used (the step size replaces 1 / (2 sigma_y^2)); value_range
+    (lo, hi) clips the guided data prediction (`clipped`; None: not clipped)."""
     own = {"zeta": zeta, "checkpoint": checkpoint, "data_scale": data_scale,
            "value_range": value_range}
     return guided_sampler("dps", sde, shape, nfe, eps, sharding,
@@ -264,7 +265,8 @@ def pigdm_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: i
                   sharding=None, data_scale: float | None = None, checkpoint: bool = True,
                   cg_iters: int = 50, solver: str = "ddim", value_range=None, **options):
     """PiGDM (Song et al. 2023) on `solver`; data_scale (None: 1) sets r_t and the solver's
-    grid; cg_iters: CG steps of the observation-space solve for operators without an SVD."""
+    grid; cg_iters: CG steps of the observation-space solve for operators without an SVD;
+    value_range (lo, hi) clips the guided data prediction (`clipped`; None: not clipped)."""
     own = {"data_scale": data_scale, "checkpoint": checkpoint, "cg_iters": cg_iters,
            "value_range": value_range}
     return guided_sampler("pigdm", sde, shape, nfe, eps, sharding,
@@ -279,7 +281,8 @@ def mmps_sampler(sde: SDE, operator: Operator, shape, *, sigma_y: float, nfe: in
                  solver: str = "dpm_solver++", value_range=None, **options):
     """The covariance-aware update (TMPD / MMPS) on `solver`: min(cg_iters, dim(y)) CG steps
     per call (CG is exact after dim(y) steps), 2 + that many network passes; data_scale
-    (None: 1) places the solver's grid.
+    (None: 1) places the solver's grid; value_range (lo, hi) clips the guided data prediction
+    (`clipped`; None: not clipped, exact on Gaussian data).
 
     Defaults, measured (benchmarks/pages/posterior_exact.md): DPM-Solver++ because the update
     is exact on Gaussian data, where only the solver's discretisation is left and the
