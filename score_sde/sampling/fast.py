@@ -136,16 +136,10 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35,
     """
     pilot = PILOT_CALLS * estimates(data_scale, grid, ts)
 
-    def tables(scale):
-        times = _heun_times(sde, nfe - pilot, grid, sigma_range, scale, ts, eps)
-        churn = _Churn.of(sde, times, S_churn, S_tmin, S_tmax, S_noise)
-        # the share of the noise each step keeps, sigma_{i+1} / sigma_hat_i, picks EDM's rule
-        edm = churn.sig[1:] / churn.sig_hat >= (EDM_MIN_RATIO if exponential else 0.0)
-        return dict(sig=churn.sig, sig_hat=churn.sig_hat, t_hat=churn.t_hat, t=times,
-                    std=churn.std, edm=edm)
-
-    scaled = ScaledTables(lambda scale: as_tables(tables(scale)), sde, eps, shape, data_scale,
-                          pilot > 0, sharding)
+    churn = (S_churn, S_tmin, S_tmax, S_noise)
+    scaled = ScaledTables(lambda scale: as_tables(_heun_tables(
+        sde, eps, _heun_times(sde, nfe - pilot, grid, sigma_range, scale, ts, eps), churn,
+        exponential)), sde, eps, shape, data_scale, pilot > 0, sharding)
     n = len(scaled.nominal["t"])
 
     def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
@@ -191,6 +185,15 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35,
 
     sample.ts = scaled.nominal["t"]
     return sample
+
+
+def _heun_tables(sde: SDE, eps: float, times: np.ndarray, churn: tuple,
+                 exponential: bool) -> dict:
+    """Heun's levels, churn and step rule (numpy) on the grid `times`."""
+    c = _Churn.of(sde, times, *churn)
+    # the share of the noise each step keeps, sigma_{i+1} / sigma_hat_i, picks EDM's rule
+    edm = c.sig[1:] / c.sig_hat >= (EDM_MIN_RATIO if exponential else 0.0)
+    return dict(sig=c.sig, sig_hat=c.sig_hat, t_hat=c.t_hat, t=times, std=c.std, edm=edm)
 
 
 def _heun_times(sde: SDE, nfe: int, grid: str, sigma_range, data_scale, ts,
