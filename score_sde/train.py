@@ -237,11 +237,9 @@ def train(config, workdir: str | os.PathLike, init_from_published: str | None = 
             raise
 
 
-@contextlib.contextmanager
 def _record_data_stats(config, workdir: epath.Path) -> None:
-    """workdir/data_stats.json (score_sde.data_stats) of the training data, once per workdir;
-    a data source that cannot be read here leaves it out (samplers then use the config's
-    data range)."""
+    """workdir/data_stats.json (score_sde.data_stats) of the training data, once per
+    workdir (a resumed run keeps the file)."""
     if data_stats.load(workdir) is not None:
         return
     stats = data_stats.measure_dataset(datasets.get_dataset(config, "train"),
@@ -257,6 +255,7 @@ def _snapshot_stats(workdir: epath.Path) -> dict | None:
     return data_stats.load(workdir) if jax.process_count() == 1 else None
 
 
+@contextlib.contextmanager
 def _hold_workdir(workdir: epath.Path) -> Iterator[None]:
     """Process 0 holds the workdir's lease for the run; every process stops if it cannot."""
     lease = run_lease.WorkdirLease(workdir) if log.is_main() else None
