@@ -39,7 +39,7 @@ from score_sde.models.utils import (  # cfg_from_model, model_conditional_score_
     cfg_from_model,
     model_conditional_score_fn,
 )
-from score_sde.sampling import MERGE_SAMPLERS, get_sampler  # MERGE_SAMPLERS: re-exported
+from score_sde.sampling import MERGE_SAMPLERS, SAMPLERS, get_sampler  # MERGE_SAMPLERS: re-exported
 from score_sde.sampling.common import full_t
 from score_sde.sampling.registry import Sampler
 from score_sde.sde_lib import SDE, ScoreFn, batch_mul
@@ -246,13 +246,18 @@ def get_editor(sde: SDE, shape: tuple[int, ...], t0: float,
         def build(**kw):
             return sampler(sde, shape, eps=eps, **kw)
 
-    full = getattr(build(**options), "ts", None)
+    # the grid SDEdit cuts at t0 is static: without a data_scale, the unit-scale one (a sampler
+    # that would estimate the scale from the score cannot before it is called)
+    takes_scale = isinstance(sampler, str) and "data_scale" in SAMPLERS.lookup(sampler).options
+    grid_options = ({"data_scale": 1.0, **options} if takes_scale
+                    and options.get("data_scale") is None else options)
+    full = getattr(build(**grid_options), "ts", None)
     if full is None:
         raise ValueError(f"SDEdit: sampler {name!r} has no time grid to start at t0 from; use a "
                          "fixed-step sampler ('pc', 'ddim', 'dpm_solver++', ...) or 'ode'")
     ts = sdedit_times(full, float(t0))
     try:
-        sample = build(**options, ts=ts)
+        sample = build(**grid_options, ts=ts)
     except ValueError as e:
         raise ValueError(f"SDEdit from t0={t0}: {name} keeps {len(ts) - 1} of its "
                          f"{len(full) - 1} steps below t0, too few ({e}); raise t0 or nfe") from e

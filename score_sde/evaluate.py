@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from etils.epath import Path  # local or gs:// paths alike
 
-from score_sde import checkpoints, losses, models, parallel, storage
+from score_sde import checkpoints, data_stats, losses, models, parallel, storage
 from score_sde import logging_utils as log
 from score_sde.data import get_data_scaler, get_dataset
 from score_sde.eval_hooks import EVAL_HOOKS, register_eval_hook, sample_files
@@ -153,7 +153,8 @@ def evaluate(config, workdir: str | Path, eval_folder: str = "eval") -> dict[int
             if ev.enable_bpd:
                 res["eval/bpd"] = _bpd(r, state, out)
             if ev.enable_sampling:
-                sampler = sampler or ConfigSampler(config, r.sde, r.eps, r.model, r.mesh)
+                sampler = sampler or ConfigSampler(config, r.sde, r.eps, r.model, r.mesh,
+                                                   data_stats=data_stats.load(r.workdir))
                 sample_rounds(r, state, step, out, sampler)
                 for name, hook in EVAL_HOOKS.items():
                     log.say(f"Running eval hook {name}")

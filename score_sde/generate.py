@@ -29,8 +29,8 @@ import jax
 import numpy as np
 from etils.epath import Path
 
+from score_sde import data_stats, parallel, storage
 from score_sde import logging_utils as log
-from score_sde import parallel, storage
 from score_sde.inference import Restorer, guidance_scale
 from score_sde.sample_shards import (
     FORMATS,
@@ -63,7 +63,8 @@ def sample(config, workdir: str | Path, eval_folder: str = "eval") -> Path:
         out = storage.path(s.get("output_dir", "") or
                            Path(workdir) / eval_folder / f"samples_step_{step}")
         # built (not compiled) first: a bad batch size or class label stops before any file
-        sampler = IndexedSampler(config, r.sde, r.eps, r.model, r.mesh, layout.batch_size)
+        sampler = IndexedSampler(config, r.sde, r.eps, r.model, r.mesh, layout.batch_size,
+                                 data_stats=data_stats.load(r.workdir))
         check_output_dir(out, manifest(config, workdir, step, layout, fmt))
         log.say(f"Sampling {layout.num_samples} images from the checkpoint at step {step} "
                 f"with config.sampling.method={config.sampling.method!r} into {out}")

@@ -172,16 +172,18 @@ class ConfigSampler:
     `(params, rng) -> (images in [0, 1], nfe)`, with config.sampling's method and options.
 
     A class-conditional model draws config.sampling.class_labels (default: every class in
-    turn) with classifier-free guidance of weight sampling.guidance_scale.
+    turn) with classifier-free guidance of weight sampling.guidance_scale. data_stats: the
+    run's stored data statistics (score_sde.data_stats), whose spread places the grid.
     """
 
-    def __init__(self, config, sde: sde_lib.SDE, eps: float, model, mesh, n: int | None = None):
+    def __init__(self, config, sde: sde_lib.SDE, eps: float, model, mesh, n: int | None = None,
+                 data_stats: dict | None = None):
         self.n = int(n or config.eval.batch_size)
         parallel.check_batch_size(self.n, "config.eval.batch_size", mesh)
         from score_sde import models
 
         shape = models.input_shape(config, self.n)  # images (N, H, W, C), clips (N, T, ...)
-        sample = get_sampler_from_config(config, sde, shape, eps,
+        sample = get_sampler_from_config(config, sde, shape, eps, data_stats=data_stats,
                                          sharding=parallel.data_sharding(mesh))
         labels = class_labels_from_config(config, self.n)
         scale = guidance_scale(config)

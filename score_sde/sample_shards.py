@@ -56,15 +56,18 @@ class IndexedSampler:
 
     Sample i is drawn by config.sampling's sampler (and guidance) as a batch of one, with the
     key fold_in(PRNGKey(seed + 6), i) and class label_table[i % len]; a vmap over the batch
-    runs them together. `indices` are this process's rows of the global batch.
+    runs them together. `indices` are this process's rows of the global batch. data_stats:
+    the run's stored data statistics (score_sde.data_stats), whose spread places the grid.
     """
 
-    def __init__(self, config, sde, eps: float, model, mesh, batch_size: int):
+    def __init__(self, config, sde, eps: float, model, mesh, batch_size: int,
+                 data_stats: dict | None = None):
         self.batch_size, self.mesh = int(batch_size), mesh
         parallel.check_batch_size(self.batch_size, "config.sampling.batch_size", mesh)
         from score_sde import models
 
-        sample = get_sampler_from_config(config, sde, models.input_shape(config, 1), eps)
+        sample = get_sampler_from_config(config, sde, models.input_shape(config, 1), eps,
+                                         data_stats=data_stats)
         table = label_table(config)
         scale, inverse = guidance_scale(config), get_data_inverse_scaler(config)
         key = jax.random.PRNGKey(int(config.seed) + NOISE_STREAM)

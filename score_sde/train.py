@@ -32,6 +32,7 @@ from jax.experimental import multihost_utils
 from score_sde import (
     checkpoints,
     consistency_losses,
+    data_stats,
     distillation,
     losses,
     parallel,
@@ -228,11 +229,30 @@ def train(config, workdir: str | os.PathLike, init_from_published: str | None = 
     with _hold_workdir(workdir), preemption.PreemptionGuard() as guard:
         if log.is_main():
             run_config.record(config, workdir)
+            _record_data_stats(config, workdir)
         try:
             return _train(config, workdir, init_from_published, guard, teacher)
         except preemption.Preempted as e:
             log.say(f"score_sde: {e}")
             raise
+
+
+def _record_data_stats(config, workdir: epath.Path) -> None:
+    """workdir/data_stats.json (score_sde.data_stats) of the training data, once per
+    workdir (a resumed run keeps the file)."""
+    if data_stats.load(workdir) is not None:
+        return
+    stats = data_stats.measure_dataset(datasets.get_dataset(config, "train"),
+                                       datasets.get_data_scaler(config))
+    data_stats.record(workdir, stats)
+    log.say(f"Training data: mean {stats['mean']:.4g}, spread {stats['spread']:.4g} "
+            f"({stats['examples']} examples; {workdir / data_stats.FILE})")
+
+
+def _snapshot_stats(workdir: epath.Path) -> dict | None:
+    """The stored data statistics for the snapshot sampler; on several processes none (each
+    would read the file at its own time, and every process must build the same sampler)."""
+    return data_stats.load(workdir) if jax.process_count() == 1 else None
 
 
 @contextlib.contextmanager
@@ -364,7 +384,8 @@ def _loop(t: Trainer, state, saves: _CheckedSaves, writer, guard: preemption.Pre
                 saves.save(step, state, bad, snapshot)
             if snapshot and tr.get("snapshot_sampling", False):
                 sampler = sampler or ConfigSampler(config, t.sde, t.eps, t.model, t.mesh,
-                                             n=int(tr.batch_size))
+                                                   n=int(tr.batch_size),
+                                                   data_stats=_snapshot_stats(t.workdir))
                 _snapshot_samples(sampler, state, step, t.workdir, writer, config)
             if stop_before is not None and bool(stop_before):  # every process, same step
                 _stop_preempted(saves, state, step, bad, snapshot, guard)

@@ -154,7 +154,7 @@ def test_ts_x_init_and_path_reproduce_the_default_call():
     """The default call of UniPC equals the call on its grid's times (ts), started from the
     prior draw it makes itself (x_init); the path runs from x_init to the sample."""
     score_fn = analytic.GaussianMixture.gaussian(MU, np.diag(S**2)).perturbed_score_fn(VP)
-    default = get_sampler("unipc", VP, SMALL, nfe=4, order=2)
+    default = get_sampler("unipc", VP, SMALL, nfe=4, order=2, data_scale=1.0)
     x, nfe = jax.jit(lambda rng: default(rng, score_fn))(jax.random.PRNGKey(2))
     ts = get_time_grid("vp_quadratic", VP, 4, 1e-3)
     np.testing.assert_array_equal(default.ts, ts)
@@ -220,7 +220,8 @@ def test_analytic_first_step_is_exact_on_gaussian_data_and_saves_a_score_call(na
     np.testing.assert_allclose(out[True, scale], out[False, scale], rtol=1e-5, atol=1e-5)
     # a guess of twice the spread: measured 0.016 (UniPC), 0.028 (DPM-Solver++) away
     assert np.abs(out[True, 2.0 * scale] - out[False, scale]).max() > 5e-3
-    assert len(get_sampler(name, VP, SMALL, nfe=5, analytic_first_step=True).ts) == 7
+    assert len(get_sampler(name, VP, SMALL, nfe=5, analytic_first_step=True,
+                           data_scale=1.0).ts) == 7
 
 
 # --- bad options: one clear error each --------------------------------------------------------
@@ -231,7 +232,8 @@ def test_analytic_first_step_is_exact_on_gaussian_data_and_saves_a_score_call(na
     ("ipndm", dict(order=5), r"ipndm: order must be 1, 2, 3 or 4, got 5"),
     ("dpm_solver++", dict(order=0), r"dpm_solver\+\+: order must be 1, 2 or 3"),
     ("unipc", dict(variant="bh3"), r"variant must be one of \['bh1', 'bh2'\], got 'bh3'"),
-    ("unipc", dict(nfe=2, order=3), r"unipc: 2 steps are too few; it needs at least 3"),
+    ("unipc", dict(nfe=2, order=3, data_scale=1.0),
+     r"unipc: 2 steps are too few; it needs at least 3"),
     ("ipndm", dict(ts=[1.0, 0.5, 0.1], order=3), r"ipndm: ts must be a 1-D array of at least 4"),
     ("ddim", dict(ts=[1.0, 0.5, 0.5, 0.1]), r"ddim: ts must be strictly decreasing, but "
      r"ts\[1\]=0.5 <= ts\[2\]=0.5"),

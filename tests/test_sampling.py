@@ -275,7 +275,8 @@ def test_bad_options_are_named():
     for sigma_range, match in [((0.5, 0.1), "0 < lo < hi"), ((300.0, 400.0), "outside"),
                                ((0.1, 1.0), "leaves 0 of 2 steps")]:
         with pytest.raises(ValueError, match=match):
-            get_sampler("dpm_solver++", sde_lib.VPSDE(), (2, 2), nfe=2, sigma_range=sigma_range)
+            get_sampler("dpm_solver++", sde_lib.VPSDE(), (2, 2), nfe=2, sigma_range=sigma_range,
+                        data_scale=1.0)
 
 
 def test_reverse_diffusion_is_ddpm_on_the_published_grid():
@@ -292,8 +293,10 @@ def test_reverse_diffusion_is_ddpm_on_the_published_grid():
 
 
 @pytest.mark.parametrize("name,options", [
-    ("pc", dict(corrector="langevin", n_steps=5)), ("ddim", dict(nfe=5, eta=1.0)),
-    ("heun", dict(nfe=5, S_churn=5.0)), ("dpm_solver++", dict(nfe=5))],
+    ("pc", dict(corrector="langevin", n_steps=5)),
+    ("ddim", dict(nfe=5, eta=1.0, data_scale=1.0)),
+    ("heun", dict(nfe=5, S_churn=5.0, data_scale=1.0)),
+    ("dpm_solver++", dict(nfe=5, data_scale=1.0))],
     ids=["pc", "ddim", "heun", "dpm_solver++"])
 def test_project_hook_pins_the_state_at_the_step_times(name, options):
     # A project that pins coordinate 0 to 0.7 perturbed to time t: the output keeps 0.7 there,

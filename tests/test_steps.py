@@ -83,7 +83,8 @@ def test_the_heun_sampler_and_the_consistency_teacher_take_the_same_step():
     repeated over the same noise levels, with the same denoiser."""
     sde, n = sde_lib.EDMSDE(0.002, 80.0), 5
     score = lambda x, t: -x / (0.25 + sde_lib.batch_mul(t**2, jnp.ones_like(x)))  # noqa: E731
-    sample = get_sampler("heun", sde, SHAPE, nfe=2 * n - 1, exponential=False, eps=0.002)
+    sample = get_sampler("heun", sde, SHAPE, nfe=2 * n - 1, exponential=False, eps=0.002,
+                         data_scale=1.0)
     x_T = jax.random.normal(jax.random.PRNGKey(1), SHAPE) * 80.0
     out, _, path = sample(jax.random.PRNGKey(2), score, x_init=x_T, return_path=True)
     denoiser = steps.edm_denoiser(sde, steps.data_prediction(sde, score))
@@ -132,6 +133,6 @@ def plain_dpm():
 def test_a_sampler_from_the_steps_matches_the_built_in_one(plain_dpm, order):
     score, rng = gaussian_score(0.7), jax.random.PRNGKey(3)
     new, _ = get_sampler("plain_dpm", VP, SHAPE, nfe=8, order=order)(rng, score)
-    ref, _ = get_sampler("dpm_solver++", VP, SHAPE, nfe=8, order=order,
+    ref, _ = get_sampler("dpm_solver++", VP, SHAPE, nfe=8, order=order, data_scale=1.0,
                          lower_order_final=False)(rng, score)
     np.testing.assert_allclose(new, ref, rtol=1e-6, atol=1e-6)

@@ -197,8 +197,8 @@ def _solver(method: str, sde: SDE, shape, calls: int, eps: float, sharding, solv
         raise ValueError(f"{method}: no option(s) {unknown}; the method's options: "
                          f"{sorted(own)}; solver {solver!r}'s: {list(solver_options)}")
     options = {**defaults.get(solver, {}), **options}
-    if "data_scale" in solver_options and own.get("data_scale") is not None:
-        options.setdefault("data_scale", own["data_scale"])
+    if "data_scale" in solver_options:  # the method's (None: 1), not the solver's estimate
+        options.setdefault("data_scale", check_data_scale(own.get("data_scale")))
     return get_sampler(solver, sde, shape, nfe=calls, eps=eps, sharding=sharding, **options)
 
 

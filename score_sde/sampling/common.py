@@ -48,9 +48,10 @@ def gaussian_score(sde: SDE, data_scale: float | None) -> ScoreFn:
     takes it for the model's score at the top of the grid, where the data look Gaussian: there
     it differs from the true score by the data's mean and the departure of its covariance from
     s^2 I, relative (mean / rho_T, (s / rho_T)^2) with rho_T = sigma / alpha at T (VP: 152),
-    and the flow shrinks that error further down the grid.
+    and the flow shrinks that error further down the grid. data_scale may be a traced scalar
+    (the estimate of sampling.scale).
     """
-    s2 = check_data_scale(data_scale) ** 2
+    s2 = (data_scale if isinstance(data_scale, jax.Array) else check_data_scale(data_scale)) ** 2
 
     def score(x: Array, t: Array) -> Array:
         alpha, sigma = sde.marginal_coeffs(t)

@@ -33,13 +33,13 @@ from score_sde.sampling.common import (
     with_path,
 )
 from score_sde.sampling.registry import register_sampler
+from score_sde.sampling.scale import PILOT_CALLS, ScaledTables, as_tables, estimates
 from score_sde.sampling.steps import (
     data_prediction,
     denoiser_at_time,
     exponential_coeffs,
     exponential_step,
     heun_step,
-    on_device,
 )
 from score_sde.sde_lib import SDE, batch_mul
 
@@ -53,18 +53,20 @@ def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float 
     c = eta sigma_s sqrt(1 - exp(2 (lambda_t - lambda_s))) is the posterior std of
     q(x_s | x_t, x_0) scaled by eta: eta = 0 is the deterministic DDIM (the probability-flow
     ODE's first-order exponential integrator), eta = 1 is ancestral sampling. `ts` (decreasing
-    times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1.
+    times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1. Without data_scale (and
+    ts), the data's scale is estimated from score_fn with one of the nfe score calls
+    (sampling.scale).
     """
-    ts = step_times("ddim", sde, eps, ts, grid, nfe, sigma_range, data_scale=data_scale)
-    nfe = len(ts) - 1
-    alpha, sigma, lam = schedule(sde, ts)
-    c = eta * sigma[1:] * np.sqrt(-np.expm1(2.0 * (lam[:-1] - lam[1:])))
-    keep = np.sqrt(np.maximum(sigma[1:] ** 2 - c**2, 0.0))  # the part of eps_hat kept
-    alpha, sigma, c, keep, t_grid = (jnp.asarray(v, jnp.float32)
-                                     for v in (alpha, sigma, c, keep, ts))
+    pilot = PILOT_CALLS * estimates(data_scale, grid, ts)
+    scaled = ScaledTables(lambda scale: _ddim_tables(sde, eps, ts, grid, nfe - pilot, sigma_range,
+                                                     scale, eta),
+                          sde, eps, shape, data_scale, pilot > 0, sharding)
+    nfe = len(scaled.nominal["t"]) - 1
 
     def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
                return_path: bool = False):
+        tab, _ = scaled.select(rng, score_fn)
+        alpha, sigma, c, keep, t_grid = (tab[k] for k in ("alpha", "sigma", "c", "keep", "t"))
         x0_hat = data_prediction(sde, score_fn)
         rng, proj = projection_steps(project, rng)
         x, rng = initial_state(sde, rng, shape, sharding, x_init)
@@ -80,10 +82,23 @@ def ddim_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 50, eta: float 
             return (x, x_out), x_out if return_path else None
 
         (x, x_out), path = jax.lax.scan(step, (x, x_first), jnp.arange(nfe))
-        return with_path(x_out, jnp.asarray(nfe, jnp.int32), _stack(x_first, path), return_path)
+        return with_path(x_out, jnp.asarray(nfe + pilot, jnp.int32), _stack(x_first, path),
+                         return_path)
 
-    sample.ts = ts
+    sample.ts = scaled.nominal["t"]
     return sample
+
+
+def _ddim_tables(sde: SDE, eps: float, ts, grid: str, n: int, sigma_range, data_scale,
+                 eta: float) -> dict:
+    """DDIM's grid and per-step weights (float32 numpy) for one data scale."""
+    ts = step_times("ddim", sde, eps, ts, grid, n, sigma_range, data_scale=data_scale)
+    alpha, sigma, lam = schedule(sde, ts)
+    c = eta * sigma[1:] * np.sqrt(-np.expm1(2.0 * (lam[:-1] - lam[1:])))
+    keep = np.sqrt(np.maximum(sigma[1:] ** 2 - c**2, 0.0))  # the part of eps_hat kept
+    return {k: np.asarray(v, np.float32) for k, v in
+            dict(alpha=alpha, sigma=sigma, c=c, keep=keep, t=ts).items()}
+
 
 
 # Heun's default step (exponential=True) takes EDM's trapezoid where the step keeps at least
@@ -115,19 +130,23 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35,
     others (steps.heun_step; measured against both pure forms in
     benchmarks/pages/heun_step.md).
     `ts` (decreasing times in [eps, T]) overrides grid and nfe: its len(ts) = n points are the
-    grid (nfe = 2 n - 1), and the path has n + 1 states (the last at sigma_edm = 0).
+    grid (nfe = 2 n - 1), and the path has n + 1 states (the last at sigma_edm = 0). Without
+    data_scale (and ts), the data's scale is estimated from score_fn with one of the nfe
+    score calls (sampling.scale): n = nfe // 2 points then.
     """
-    ts = _heun_times(sde, nfe, grid, sigma_range, data_scale, ts, eps)
-    n = len(ts)
-    churn = _Churn.of(sde, ts, S_churn, S_tmin, S_tmax, S_noise)
-    # the share of the noise each step keeps, sigma_{i+1} / sigma_hat_i, picks EDM's rule
-    edm_step = jnp.asarray(churn.sig[1:] / churn.sig_hat
-                           >= (EDM_MIN_RATIO if exponential else 0.0))
-    sig, sig_hat, t_hat, t_grid, churn_std = (jnp.asarray(v, jnp.float32) for v in (
-        churn.sig, churn.sig_hat, churn.t_hat, ts, churn.std))
+    pilot = PILOT_CALLS * estimates(data_scale, grid, ts)
+
+    churn = (S_churn, S_tmin, S_tmax, S_noise)
+    scaled = ScaledTables(lambda scale: as_tables(_heun_tables(
+        sde, eps, _heun_times(sde, nfe - pilot, grid, sigma_range, scale, ts, eps), churn,
+        exponential)), sde, eps, shape, data_scale, pilot > 0, sharding)
+    n = len(scaled.nominal["t"])
 
     def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
                return_path: bool = False):
+        tab, _ = scaled.select(rng, score_fn)
+        sig, sig_hat, t_hat, t_grid, churn_std, edm_step = (
+            tab[k] for k in ("sig", "sig_hat", "t_hat", "t", "std", "edm"))
         at_time = denoiser_at_time(sde, data_prediction(sde, score_fn))
         rng, proj = projection_steps(project, rng)
         x_T, rng = initial_state(sde, rng, shape, sharding, x_init)
@@ -162,10 +181,19 @@ def heun_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 35,
         _, x = proj(x, x, 0.0, n)
         if return_path:
             path = jnp.concatenate([x_first[None], path, x[None]])
-        return with_path(x, jnp.asarray(2 * n - 1, jnp.int32), path, return_path)
+        return with_path(x, jnp.asarray(2 * n - 1 + pilot, jnp.int32), path, return_path)
 
-    sample.ts = ts
+    sample.ts = scaled.nominal["t"]
     return sample
+
+
+def _heun_tables(sde: SDE, eps: float, times: np.ndarray, churn: tuple,
+                 exponential: bool) -> dict:
+    """Heun's levels, churn and step rule (numpy) on the grid `times`."""
+    c = _Churn.of(sde, times, *churn)
+    # the share of the noise each step keeps, sigma_{i+1} / sigma_hat_i, picks EDM's rule
+    edm = c.sig[1:] / c.sig_hat >= (EDM_MIN_RATIO if exponential else 0.0)
+    return dict(sig=c.sig, sig_hat=c.sig_hat, t_hat=c.t_hat, t=times, std=c.std, edm=edm)
 
 
 def _heun_times(sde: SDE, nfe: int, grid: str, sigma_range, data_scale, ts,
@@ -218,20 +246,30 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
     lower order (steadier at few NFE). analytic_first_step: the first data prediction is that
     of Gaussian data N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take
     nfe + 1 steps (benchmarks/pages/analytic_first_step.md). `ts` (decreasing times in
-    [eps, T]) overrides grid and nfe; order p needs p steps.
+    [eps, T]) overrides grid and nfe; order p needs p steps. Without data_scale (and ts),
+    the data's scale is estimated from score_fn with one of the nfe score calls
+    (sampling.scale).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"dpm_solver++: order must be 1, 2 or 3, got {order}")
     free = free_steps("dpm_solver++", analytic_first_step, grid, ts)
-    ts = step_times("dpm_solver++", sde, eps, ts, grid, nfe + free, sigma_range,
-                    min_steps=max(order, 1 + free), data_scale=data_scale)
-    nfe = len(ts) - 1  # steps
-    coeffs = on_device(exponential_coeffs(*schedule(sde, ts), order, lower_order_final))
-    t_grid = jnp.asarray(ts)
+    pilot = PILOT_CALLS * estimates(data_scale, grid, ts, analytic_first_step)
+
+    def tables(scale):
+        times = step_times("dpm_solver++", sde, eps, ts, grid, nfe - pilot + free, sigma_range,
+                           min_steps=max(order, 1 + free), data_scale=scale)
+        return dict(t=times, coeffs=exponential_coeffs(*schedule(sde, times), order,
+                                                       lower_order_final))
+
+    scaled = ScaledTables(lambda scale: as_tables(tables(scale)), sde, eps, shape, data_scale,
+                          pilot > 0, sharding)
+    nfe = len(scaled.nominal["t"]) - 1  # steps
 
     def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
                return_path: bool = False):
-        score_at = step_score(sde, score_fn, analytic_first_step, data_scale)
+        tab, scale = scaled.select(rng, score_fn)
+        t_grid, coeffs = tab["t"], tab["coeffs"]
+        score_at = step_score(sde, score_fn, analytic_first_step, scale)
         rng, proj = projection_steps(project, rng)
         x, _ = initial_state(sde, rng, shape, sharding, x_init)
         x, x_first = proj(x, x, t_grid[0], 0)
@@ -245,10 +283,10 @@ def dpm_solver_pp_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 20,
 
         zeros = jnp.zeros_like(x)
         (_, x_out, _, _), path = jax.lax.scan(step, (x, x_first, zeros, zeros), jnp.arange(nfe))
-        return with_path(x_out, jnp.asarray(nfe - free, jnp.int32), _stack(x_first, path),
-                         return_path)
+        return with_path(x_out, jnp.asarray(nfe - free + pilot, jnp.int32),
+                         _stack(x_first, path), return_path)
 
-    sample.ts = ts
+    sample.ts = scaled.nominal["t"]
     return sample
 
 

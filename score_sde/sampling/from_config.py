@@ -117,22 +117,27 @@ def config_noise_range(config) -> tuple[float, float] | None:
     return image_noise_range(bool(data.centered), int(data.image_size), int(data.num_channels))
 
 
-def config_data_scale(config) -> float | None:
-    """The data's spread for the samplers' data_scale (grids.check_data_scale): 1 for image
-    data in [-1, 1] (config.data.centered; the scale VP's published grids were tuned on), 0.5
-    for [0, 1]; None when the config does not say."""
+def config_data_scale(config, data_stats: dict | None = None) -> float | None:
+    """The data's spread for the samplers' data_scale (grids.check_data_scale): the spread a
+    run measured on its training data (data_stats, score_sde.data_stats) if given; else 1 for
+    image data in [-1, 1] (config.data.centered; the scale VP's published grids were tuned
+    on), 0.5 for [0, 1]; None when the config does not say (the samplers then estimate it from
+    the score: sampling.scale)."""
+    if data_stats is not None and data_stats.get("spread") is not None:
+        return float(data_stats["spread"])
     data = config.get("data")
     if data is None or data.get("centered") is None:
         return None
     return 1.0 if bool(data.centered) else 0.5
 
 
-def with_config_data_scale(config, method: str, options: dict) -> dict:
-    """options with data_scale = config_data_scale(config) where the sampler takes one and
-    neither options nor ts give it (the default grid placed for the config's data)."""
+def with_config_data_scale(config, method: str, options: dict,
+                           data_stats: dict | None = None) -> dict:
+    """options with data_scale = config_data_scale(config, data_stats) where the sampler takes
+    one and neither options nor ts give it (the default grid placed for the config's data)."""
     if ("data_scale" in SAMPLERS.lookup(method).options and options.get("data_scale") is None
             and options.get("ts") is None):
-        options = {**options, "data_scale": config_data_scale(config)}
+        options = {**options, "data_scale": config_data_scale(config, data_stats)}
     return options
 
 
@@ -177,11 +182,13 @@ def _data_range(config, method: str, options: dict, overrides: dict) -> tuple | 
 
 
 def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float,
-                            sharding=None, **overrides) -> Sampler:
+                            sharding=None, data_stats: dict | None = None,
+                            **overrides) -> Sampler:
     """The sampler named by config.sampling.method, with its options from config.sampling.
 
     overrides: options that win over the config's (e.g. ts= from SDEdit). Without a
-    config.sampling.data_scale, the fixed-step samplers get config_data_scale. With
+    config.sampling.data_scale, the fixed-step samplers get config_data_scale (the spread in
+    data_stats, a run's stored statistics, when given). With
     config.sampling.data_noise_range, the samplers of DATA_RANGE_SAMPLERS (unless
     config.sampling.sigma_range, a grid file, or a ts / grid / sigma_range override chose the
     grid) sample over the data's noise range (config_noise_range), on the 'logsnr' grid unless
@@ -189,7 +196,7 @@ def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float
     range: a budget too small for the range's end steps (data_range_fits is False).
     """
     method, options = sampler_options_from_config(config)
-    options = with_config_data_scale(config, method, {**options, **overrides})
+    options = with_config_data_scale(config, method, {**options, **overrides}, data_stats)
     if str(options.get("grid", "")).startswith(GRID_FILE_PREFIX) and options.get("ts") is None:
         check_grid_file_sampler(options["grid"][len(GRID_FILE_PREFIX):], method)  # one sampler's
     sample = get_sampler(method, sde, shape, eps=eps, sharding=sharding, **options)

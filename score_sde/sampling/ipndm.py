@@ -28,6 +28,7 @@ from score_sde.sampling.common import (
     with_path,
 )
 from score_sde.sampling.registry import register_sampler
+from score_sde.sampling.scale import PILOT_CALLS, ScaledTables, as_tables, estimates
 from score_sde.sampling.steps import (
     AB_WEIGHTS,
     MAX_ORDER,
@@ -50,22 +51,30 @@ def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
     analytic_first_step: the first noise prediction is that of Gaussian data
     N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take nfe + 1 steps.
     `ts` (decreasing times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1 (- 1 with
-    analytic_first_step).
+    analytic_first_step). Without data_scale (and ts), the data's scale is estimated from
+    score_fn with one of the nfe score calls (sampling.scale).
     """
     if order not in AB_WEIGHTS:
         raise ValueError(f"ipndm: order must be 1, 2, 3 or 4, got {order}")
     free = free_steps("ipndm", analytic_first_step, grid, ts)
-    times = step_times("ipndm", sde, eps, ts, grid, nfe + free, sigma_range,
-                       min_steps=max(order, 1 + free), data_scale=data_scale)
-    n = len(times) - 1
-    alpha, sigma, _ = schedule(sde, times)
-    w_x, w_eps = (jnp.asarray(w, jnp.float32)
-                  for w in adams_bashforth_weights(alpha, sigma, order))
-    sigma, t_grid = jnp.asarray(sigma, jnp.float32), jnp.asarray(times)
+    pilot = PILOT_CALLS * estimates(data_scale, grid, ts, analytic_first_step)
+
+    def tables(scale):
+        times = step_times("ipndm", sde, eps, ts, grid, nfe - pilot + free, sigma_range,
+                           min_steps=max(order, 1 + free), data_scale=scale)
+        alpha, sigma, _ = schedule(sde, times)
+        w_x, w_eps = adams_bashforth_weights(alpha, sigma, order)
+        return dict(t=times, sigma=sigma, w_x=w_x, w_eps=w_eps)
+
+    scaled = ScaledTables(lambda scale: as_tables(tables(scale)), sde, eps, shape, data_scale,
+                          pilot > 0, sharding)
+    n = len(scaled.nominal["t"]) - 1
 
     def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
                return_path: bool = False):
-        score_at = step_score(sde, score_fn, analytic_first_step, data_scale)
+        tab, scale = scaled.select(rng, score_fn)
+        t_grid, sigma, w_x, w_eps = (tab[k] for k in ("t", "sigma", "w_x", "w_eps"))
+        score_at = step_score(sde, score_fn, analytic_first_step, scale)
         rng, proj = projection_steps(project, rng)
         x, _ = initial_state(sde, rng, shape, sharding, x_init)
         x, x_first = proj(x, x, t_grid[0], 0)
@@ -81,7 +90,7 @@ def ipndm_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
         (_, x_out, _), path = jax.lax.scan(step, (x, x_first, history), jnp.arange(n))
         if return_path:
             path = jnp.concatenate([x_first[None], path])
-        return with_path(x_out, jnp.asarray(n - free, jnp.int32), path, return_path)
+        return with_path(x_out, jnp.asarray(n - free + pilot, jnp.int32), path, return_path)
 
-    sample.ts = times
+    sample.ts = scaled.nominal["t"]
     return sample

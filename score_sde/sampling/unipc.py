@@ -37,6 +37,7 @@ from score_sde.sampling.common import (
     with_path,
 )
 from score_sde.sampling.registry import register_sampler
+from score_sde.sampling.scale import PILOT_CALLS, ScaledTables, as_tables, estimates
 from score_sde.sampling.steps import data_prediction, exponential_coeffs
 from score_sde.sde_lib import SDE
 
@@ -108,7 +109,8 @@ def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
     'bh2'. analytic_first_step: the first data prediction is that of Gaussian data
     N(0, data_scale^2 I) (common.gaussian_score), so nfe score calls take nfe + 1 steps.
     `ts` (decreasing times in [eps, T]) overrides grid and nfe: nfe = len(ts) - 1 (- 1 with
-    analytic_first_step).
+    analytic_first_step). Without data_scale (and ts), the data's scale is estimated from
+    score_fn with one of the nfe score calls (sampling.scale).
     Defaults: order 2 with bh2, the most accurate at 5-8 NFE across the SDEs (bh1 overshoots
     on the large log-SNR steps of so few NFE; benchmarks/pages/grids_transfer.md).
     """
@@ -117,21 +119,28 @@ def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
     if variant not in VARIANTS:
         raise ValueError(f"unipc: variant must be one of {list(VARIANTS)}, got {variant!r}")
     free = free_steps("unipc", analytic_first_step, grid, ts)
-    times = step_times("unipc", sde, eps, ts, grid, nfe + free, sigma_range,
-                       min_steps=max(order, 1 + free), data_scale=data_scale)
-    n = len(times) - 1
-    alpha, sigma, lam = schedule(sde, times)
-    w_x, w_p, w_c = (jnp.asarray(w, jnp.float32) for w in unipc_weights(
-        alpha, sigma, lam, step_orders(n, order, lower_order_final), variant))
-    t_grid = jnp.asarray(times)
+    pilot = PILOT_CALLS * estimates(data_scale, grid, ts, analytic_first_step)
+
+    def tables(scale):
+        times = step_times("unipc", sde, eps, ts, grid, nfe - pilot + free, sigma_range,
+                           min_steps=max(order, 1 + free), data_scale=scale)
+        w_x, w_p, w_c = unipc_weights(*schedule(sde, times), step_orders(
+            len(times) - 1, order, lower_order_final), variant)
+        return dict(t=times, w_x=w_x, w_p=w_p, w_c=w_c)
+
+    scaled = ScaledTables(lambda scale: as_tables(tables(scale)), sde, eps, shape, data_scale,
+                          pilot > 0, sharding)
+    n = len(scaled.nominal["t"]) - 1
 
     def sample(rng, score_fn, project: Project | None = None, *, x_init=None,
                return_path: bool = False):
+        tab, scale = scaled.select(rng, score_fn)
+        t_grid, w_x, w_p, w_c = (tab[k] for k in ("t", "w_x", "w_p", "w_c"))
         x0_hat = data_prediction(sde, score_fn)
         rng, proj = projection_steps(project, rng)
         x, _ = initial_state(sde, rng, shape, sharding, x_init)
         x, x_first = proj(x, x, t_grid[0], 0)
-        first = data_prediction(sde, gaussian_score(sde, data_scale)
+        first = data_prediction(sde, gaussian_score(sde, scale)
                                 if analytic_first_step else score_fn)
         m = jnp.zeros((HISTORY, *x.shape), x.dtype).at[0].set(first(x, full_t(t_grid[0], x)))
 
@@ -152,7 +161,7 @@ def unipc_sampler(sde: SDE, shape: tuple[int, ...], *, nfe: int = 10, order: int
         _, x_out = proj(x, x, t_grid[n], 2 * n)
         if return_path:
             path = jnp.concatenate([x_first[None], path, x_out[None]])
-        return with_path(x_out, jnp.asarray(n - free, jnp.int32), path, return_path)
+        return with_path(x_out, jnp.asarray(n - free + pilot, jnp.int32), path, return_path)
 
-    sample.ts = times
+    sample.ts = scaled.nominal["t"]
     return sample
