@@ -229,7 +229,6 @@ def train(config, workdir: str | os.PathLike, init_from_published: str | None = 
     with _hold_workdir(workdir), preemption.PreemptionGuard() as guard:
         if log.is_main():
             run_config.record(config, workdir)
-            _record_data_stats(config, workdir)
         try:
             return _train(config, workdir, init_from_published, guard, teacher)
         except preemption.Preempted as e:
@@ -278,7 +277,9 @@ def _hold_workdir(workdir: epath.Path) -> Iterator[None]:
 def _train(config, workdir: epath.Path, init_from_published: str | None,
            guard: preemption.PreemptionGuard,
            teacher: distillation.TeacherModel | None = None) -> training_state.TrainState:
-    t = Trainer(config, workdir, teacher)
+    t = Trainer(config, workdir, teacher)  # checks the config first
+    if log.is_main():
+        _record_data_stats(config, workdir)
     ckpts = checkpoints.Checkpoints(workdir)
     writer = log.MetricWriter(workdir)
     state, resumed = _starting_state(t, ckpts, init_from_published, teacher)

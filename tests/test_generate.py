@@ -62,10 +62,11 @@ def compiled_once():
 _SAMPLERS = {}
 
 
-def _cached_sampler(config, sde, eps, model, mesh, batch_size):
-    key = (batch_size, mesh.devices.size, config.seed)
+def _cached_sampler(config, sde, eps, model, mesh, batch_size, data_stats=None):
+    key = (batch_size, mesh.devices.size, config.seed, str(data_stats))
     if key not in _SAMPLERS:
-        _SAMPLERS[key] = sample_shards.IndexedSampler(config, sde, eps, model, mesh, batch_size)
+        _SAMPLERS[key] = sample_shards.IndexedSampler(config, sde, eps, model, mesh, batch_size,
+                                                      data_stats=data_stats)
     return _SAMPLERS[key]
 
 
