@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks import grids_transfer_report as report
 from benchmarks import sampler_core as core
-from score_sde.sampling import optimize_grid
+from score_sde.sampling import learn_coefficients, optimize_grid
 
 TRANSFER_SDES = ("vp", "subvp", "ve50", "ve", "ve348", "ve1348", "edm")
 FIXED_STEP = ("ddim", "heun", "dpm_solver++")  # the samplers whose default grid is studied
@@ -38,10 +38,13 @@ VARIANTS = {"heun_edm": ("heun", dict(exponential=False)),
             "dpm_solver++3m": ("dpm_solver++", dict(order=3)),
             "ipndm3": ("ipndm", dict(order=3)),
             "ipndm4": ("ipndm", dict(order=4)),
+            "learned3": ("learned", dict(order=3)),  # learned from DPM-Solver++(3M)
+            "learned3_afs": ("learned", dict(order=3, analytic_first_step=True)),
             # the analytic first step (nfe score calls, nfe + 1 steps)
             **{f"{name}_afs": (name, dict(analytic_first_step=True))
                for name in ("dpm_solver++", "unipc", "ipndm")}}
 OPTIMISE_DRAWS = 128  # prior draws the 'optimised' candidate fits its grid to (seed 0)
+LEARN_DRAWS = 512  # teacher solves the 'learned' candidates fit (3/4) and judge (1/4) on
 NFES = (5, 6, 8, 10, 15, 20)
 
 
@@ -97,9 +100,26 @@ def _candidate_draw(data, sde, eps, sampler, budget, cand, n_total):
         print(f"  optimised {sampler} {budget}: {grid.cost_before:.3g} -> "
               f"{grid.cost_after:.3g} in {time.time() - t0:.0f}s", flush=True)
         options = dict(ts=grid.times)
+    elif cand in ("learned", "learned+times"):  # sampling.learn_coefficients, seed 0
+        options = _learned(data, sde, eps, name, budget, extra, cand == "learned+times")
     else:
         options = candidate_options(cand, data)
     return core.draw(data, sde, eps, name, dict(nfe=budget, **extra, **options), n_total, 11)
+
+
+def _learned(data, sde, eps, name, budget, extra, learn_times) -> dict:
+    """The ts and weights of the learned solver fitted to this problem's exact score."""
+    if name != "learned":
+        raise ValueError("the learned candidates are for the 'learned' sampler")
+    t0 = time.time()
+    result = learn_coefficients(data.perturbed_score_fn(sde), sde,
+                                (LEARN_DRAWS, core.dim_of(data)), nfe=budget, eps=eps,
+                                order=extra.get("order", 2), learn_times=learn_times,
+                                analytic_first_step=extra.get("analytic_first_step", False))
+    print(f"  learned {budget} (times: {learn_times}): held-out rms {result.error_before:.3g} "
+          f"-> {result.error_after:.3g} ({result.chosen}, {result.wins}/{result.held_out} "
+          f"wins, {result.steps_taken} steps) in {time.time() - t0:.0f}s", flush=True)
+    return dict(ts=result.times, weights=result.weights)
 
 
 def _transfer_cell(data, sde, eps, sampler, budget, cand, refs, x_ode, fd_ode):
@@ -127,7 +147,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nfes", default=",".join(map(str, NFES)))
     p.add_argument("--candidates", default="default",
                    help="grid candidates: default, GRID, GRID+range, either with @scale, or "
-                        "optimised (comma-separated)")
+                        "optimised, learned, learned+times (the 'learned' sampler's) "
+                        "(comma-separated)")
     p.add_argument("--ode-tol", type=float, default=1e-5, help="the reference ODE's rtol, atol")
     p.add_argument("--partial", default="", help="rewrite this JSON after each SDE")
     p.add_argument("--merge", default="",

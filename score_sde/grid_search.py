@@ -7,6 +7,13 @@ workdir/grids/<method>_nfe<nfe>_step<step>.json (times, sampler, nfe, SDE, check
 sampler's error against the teacher solve before and after). The last line printed is the
 override that samples on it: --config.sampling.grid=file:PATH.
 
+With config.sampling.method = 'learned' it fits the learned solver's weights instead
+(`score_sde.sampling.learn_coefficients`: DPM-Solver++ of config.sampling.order as the start,
+config.sampling.learn_steps Adam steps, and the times too with config.sampling.learn_times; a
+quarter of the draws held out for the judge) and writes workdir/grids/learned_nfe<nfe>_step
+<step>.json, a coefficient file; the last line's override is then
+--config.sampling.coefficients=file:PATH.
+
 The teacher solve (the slow part, and the same for every sampler and NFE) is kept beside the
 grids as workdir/grids/teacher_step<step>_draws<B>_seed<seed>.npz and reused by later runs
 with the same checkpoint, draws, seed and solver tolerances.
@@ -20,6 +27,7 @@ from score_sde import inference, models, storage
 from score_sde import logging_utils as log
 from score_sde.sampling import (
     grid_files,
+    learn_coefficients,
     optimize_grid,
     sampler_options_from_config,
     with_config_data_scale,
@@ -71,6 +79,8 @@ def optimize(config, workdir: str | Path) -> Path:
             f"{shape[0]} prior draws")
     teacher = cached_teacher(score_fn, restorer.sde, shape, restorer.eps, int(config.seed),
                              step, workdir)
+    if method == "learned":
+        return _learn(config, workdir, restorer, score_fn, shape, teacher, step, options, nfe)
     result = optimize_grid(score_fn, restorer.sde, shape, method=method, nfe=nfe,
                            eps=restorer.eps, teacher=teacher, options=options)
     out = grid_path(workdir, method, result.nfe, step)
@@ -83,4 +93,29 @@ def optimize(config, workdir: str | Path) -> Path:
             f"({result.chosen}); sample with "
             f"--config.sampling.method={method} --config.sampling.nfe={result.nfe} "
             f"--config.sampling.grid=file:{out}")
+    return out
+
+
+def _learn(config, workdir, restorer, score_fn, shape, teacher, step, options, nfe) -> Path:
+    """The learned solver's coefficient file for the checkpoint (module docstring)."""
+    nfe = int(nfe or 10)
+    extra = {k: v for k, v in (("steps", config.sampling.get("learn_steps")),
+                               ("learn_times", config.sampling.get("learn_times")))
+             if v is not None}
+    result = learn_coefficients(score_fn, restorer.sde, shape, nfe=nfe,
+                                order=int(options.get("order", 2)), eps=restorer.eps,
+                                teacher=teacher,
+                                analytic_first_step=options.get("analytic_first_step") is True,
+                                data_scale=options.get("data_scale"), **extra)
+    out = grid_path(workdir, "learned", nfe, step)
+    if log.is_main():
+        grid_files.write_coefficient_file(out, result.times, result.weights, nfe=nfe,
+                                          sde=restorer.sde, eps=restorer.eps,
+                                          data_shape=shape[1:], checkpoint_step=step,
+                                          **result.record())
+    log.say(f"learned at nfe={nfe}: held-out error against the teacher solve "
+            f"{result.error_before:.4g} with DPM-Solver++ -> {result.error_after:.4g} "
+            f"({result.chosen}, better on {result.wins} of {result.held_out} held-out draws); "
+            f"sample with --config.sampling.method=learned --config.sampling.nfe={nfe} "
+            f"--config.sampling.coefficients=file:{out}")
     return out

@@ -69,8 +69,8 @@ def test_registry_views_are_live_and_monkeypatch_can_replace_entries(monkeypatch
     (lambda: ode.get_ode_solver("rk4"), "solver='rk4' is not a known ODE solver; choose one of "
      "['bosh3', 'dopri5', 'dopri8', 'euler', 'heun', 'tsit5']"),
     (lambda: sampling.get_sampler("euler", sde_lib.VPSDE(), SHAPE), "sampler 'euler' is unknown;"
-     " choose one of ['consistency', 'ddim', 'dpm_solver++', 'heun', 'ipndm', 'ode', 'pc',"
-     " 'unipc']"),
+     " choose one of ['consistency', 'ddim', 'dpm_solver++', 'heun', 'ipndm', 'learned', 'ode',"
+     " 'pc', 'unipc']"),
     (lambda: layers.get_act(ml_collections.ConfigDict({"model": {"nonlinearity": "GELU"}})),
      "config.model.nonlinearity='gelu' is not a known activation; choose one of ['elu', "
      "'lrelu', 'relu', 'swish']"),
@@ -96,18 +96,20 @@ def test_model_registry_names_the_config_field():
 def test_sampler_config_fields_are_its_keyword_options():
     """Option x is config.sampling.x, except the declared exceptions and caller options (the
     time array ts is a call option of every sampler, not a config field)."""
-    exceptions = {"ode": {"solver": "ode_solver"}, "pc": {"nfe": None}}
+    exceptions = {"ode": {"solver": "ode_solver"}, "pc": {"nfe": None},
+                  "learned": {"weights": None}}
     for name, spec in SAMPLERS.items():
         expected = {opt: {"ts": None, **exceptions.get(name, {})}.get(opt, opt)
                     for opt in spec.options if opt not in ("eps", "sharding")}
         assert dict(spec.config_fields) == {k: v for k, v in expected.items() if v}, name
     assert list(sampling.MERGE_SAMPLERS) == ["consistency", "ddim", "dpm_solver++", "heun",
-                                             "ipndm", "pc", "unipc"]
+                                             "ipndm", "learned", "pc", "unipc"]
     assert set(sampling.NEW_CONFIG_FIELDS) == {
         "nfe", "grid", "eta", "ode_solver", "rtol", "atol", "n_steps", "S_churn", "S_tmin",
         "S_tmax", "S_noise", "order", "sigma_range", "guidance_scale", "class_labels",
         "max_steps", "lower_order_final", "variant", "consistency_sigmas", "data_noise_range",
-        "data_scale", "exponential", "analytic_first_step"}
+        "data_scale", "exponential", "analytic_first_step", "coefficients", "learn_steps",
+        "learn_times"}
     assert (sampling.NEW_CONFIG_FIELDS["sigma_range"], sampling.NEW_CONFIG_FIELDS["S_tmax"],
             sampling.NEW_CONFIG_FIELDS["lower_order_final"]) == (tuple, float, bool)
 

@@ -241,8 +241,9 @@ def _unit_gaussian_score(sde):
 
 SMALL = {"pc": dict(n_steps=2), "ode": dict(solver="euler", nfe=2), "ddim": dict(nfe=2),
          "heun": dict(nfe=3), "dpm_solver++": dict(nfe=2), "unipc": dict(nfe=2, order=1),
-         "ipndm": dict(nfe=2, order=1), "consistency": dict()}
-ENDS_ON_X0 = ("ddim", "heun", "dpm_solver++", "unipc", "ipndm")  # last step: x0_hat at eps
+         "ipndm": dict(nfe=2, order=1), "learned": dict(nfe=2), "consistency": dict()}
+# last step: x0_hat at eps
+ENDS_ON_X0 = ("ddim", "heun", "dpm_solver++", "unipc", "ipndm", "learned")
 NOISE_LEFT = 0.02  # 10 sigma(eps) of the EDM SDE: what is left of the noise at t = eps
 
 

@@ -6,7 +6,8 @@ score calls. The fixed-step ones also take `sample(rng, score_fn, project)`, a h
 `project(rng, x, x_mean, t) -> (x, x_mean)` applied after the prior draw and every update
 (inpainting and colorization merge their observation with it: score_sde.controllable).
 Methods: 'pc' (predictor-corrector), 'ode' (probability flow, diffrax), 'ddim', 'heun' (EDM),
-'dpm_solver++', 'unipc' (UniPC, orders 1-3), 'ipndm' (iPNDM, orders 1-4) and 'consistency'
+'dpm_solver++', 'unipc' (UniPC, orders 1-3), 'ipndm' (iPNDM, orders 1-4), 'learned' (a
+multistep with per-model weights) and 'consistency'
 (a consistency model's f(x, t) in place of score_fn: score_sde.sampling.consistency). Pass
 `sharding=` (e.g. NamedSharding(mesh, P('data'))) to lay the batch out over devices. A new
 sampler is one function decorated with `@register_sampler(name, merges=...)`: its keyword
@@ -29,6 +30,11 @@ ts = [T, eps]).
 
 `optimize_grid` fits a sampler's time grid to a model (score_sde.sampling.grid_optimizer);
 grid='file:PATH' samples on such a stored grid (score_sde.sampling.grid_files).
+`learn_coefficients` fits the weights (and optionally the times) of the 'learned' multistep
+solver to a model (score_sde.sampling.coefficient_optimizer); 'learned' with
+coefficients='file:PATH' samples with them (score_sde.sampling.learned).
+`analytic_first_step_rule` decides the analytic first step from the data's mean and spread
+(score_sde.sampling.first_step; config.sampling.analytic_first_step='auto').
 
 From a config: `get_sampler_from_config(config, sde, shape, eps)` and the config.sampling
 fields of every sampler (score_sde.sampling.from_config, re-exported here).
@@ -37,8 +43,10 @@ fields of every sampler (score_sde.sampling.from_config, re-exported here).
 from __future__ import annotations
 
 # The sampler modules register their samplers when imported (register_sampler).
-from score_sde.sampling import consistency, fast, ipndm, ode, pc, unipc  # noqa: F401
+from score_sde.sampling import consistency, fast, ipndm, learned, ode, pc, unipc  # noqa: F401
+from score_sde.sampling.coefficient_optimizer import CoefficientResult, learn_coefficients
 from score_sde.sampling.correctors import register_corrector
+from score_sde.sampling.first_step import analytic_first_step_rule
 from score_sde.sampling.from_config import (
     DATA_RANGE_GRID,
     DATA_RANGE_SAMPLERS,
@@ -72,8 +80,9 @@ __all__ = [
     "MERGE_SAMPLERS", "SAMPLERS", "Sampler", "SamplerSpec", "get_sampler", "get_time_grid",
     "image_noise_range", "register_corrector", "register_grid", "register_predictor",
     "register_sampler",
-    # the grid optimiser
-    "GridResult", "optimize_grid",
+    # the grid optimiser, the learned solver, the analytic first step's rule
+    "CoefficientResult", "GridResult", "analytic_first_step_rule", "learn_coefficients",
+    "optimize_grid",
     # from a config (score_sde.sampling.from_config)
     "DATA_RANGE_GRID", "DATA_RANGE_SAMPLERS", "DRIVER_FIELDS", "NEW_CONFIG_FIELDS",
     "PUBLISHED_FIELDS", "add_config_fields", "class_labels_from_config", "config_data_scale",

@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 
 # The sampler modules register their samplers when imported: the fields below are theirs.
-from score_sde.sampling import consistency, fast, ipndm, ode, pc, unipc  # noqa: F401
+from score_sde.sampling import consistency, fast, ipndm, learned, ode, pc, unipc  # noqa: F401
+from score_sde.sampling.first_step import resolve_analytic_first_step
 from score_sde.sampling.grid_files import PREFIX as GRID_FILE_PREFIX
 from score_sde.sampling.grid_files import check_sampler as check_grid_file_sampler
 from score_sde.sampling.grids import image_noise_range
@@ -33,7 +34,8 @@ __all__ = ["DATA_RANGE_GRID", "DATA_RANGE_SAMPLERS", "DRIVER_FIELDS", "NEW_CONFI
 PUBLISHED_FIELDS = ("method", "predictor", "corrector", "snr", "n_steps_each", "noise_removal",
                     "probability_flow")
 # Fields read by the drivers rather than by a sampler.
-DRIVER_FIELDS = {"guidance_scale": float, "class_labels": tuple, "data_noise_range": bool}
+DRIVER_FIELDS = {"guidance_scale": float, "class_labels": tuple, "data_noise_range": bool,
+                 "learn_steps": int, "learn_times": bool}  # the last two: optimize_grid's
 
 
 def new_config_fields() -> dict[str, type]:
@@ -194,9 +196,14 @@ def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], eps: float
     grid) sample over the data's noise range (config_noise_range), on the 'logsnr' grid unless
     config.sampling.grid names one. One case keeps their default grid over the SDE's whole
     range: a budget too small for the range's end steps (data_range_fits is False).
+    config.sampling.analytic_first_step = 'auto' decides it from data_stats (the run's stored
+    statistics, score_sde.data_stats) by first_step.analytic_first_step_rule (off without
+    them).
     """
     method, options = sampler_options_from_config(config)
     options = with_config_data_scale(config, method, {**options, **overrides}, data_stats)
+    moments = None if data_stats is None else (data_stats["mean"], data_stats["spread"])
+    options = resolve_analytic_first_step(options, method, sde, moments)
     if str(options.get("grid", "")).startswith(GRID_FILE_PREFIX) and options.get("ts") is None:
         check_grid_file_sampler(options["grid"][len(GRID_FILE_PREFIX):], method)  # one sampler's
     sample = get_sampler(method, sde, shape, eps=eps, sharding=sharding, **options)

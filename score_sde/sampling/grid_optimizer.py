@@ -436,7 +436,6 @@ class _ProxyLoss:
         self.sde, self.score_fn, self.kind, self.order = sde, score_fn, kind, order
         self.x0_hat = steps.data_prediction(sde, score_fn)
         self.x_T, self.target = x_T, target
-        self.lam_T = float(sde.log_snr(jnp.asarray([sde.T], jnp.float32))[0])
         self._loss = jax.jit(lambda ts: self.loss(ts, self.x_T, self.target))
         self._grad = jax.jit(jax.value_and_grad(self._loss_of_logits))
 
@@ -478,12 +477,7 @@ class _ProxyLoss:
         return x
 
     def _times(self, logits: jax.Array, t_end: jax.Array) -> jax.Array:
-        """Times at log-SNR lambda_T + cumsum(softmax(logits)) (lambda(t_end) - lambda_T)."""
-        lam_end = self.sde.log_snr(t_end[None])[0]
-        frac = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jax.nn.softmax(logits))])
-        lam = self.lam_T + frac * (lam_end - self.lam_T)
-        inner = self.sde.t_from_log_snr(lam[1:-1])
-        return jnp.concatenate([jnp.asarray([self.sde.T]), inner, t_end[None]])
+        return times_from_logits(self.sde, logits, t_end)
 
     def _loss_of_logits(self, logits, t_end, x_T, target):
         return self.loss(self._times(logits, t_end), x_T, target)
@@ -496,8 +490,7 @@ class _ProxyLoss:
         restarts from the best grid, up to `patience` times in a row. Returns (the best grid,
         Adam steps taken)."""
         t_end = jnp.asarray(times[-1], jnp.float32)
-        lam = np.asarray(self.sde.log_snr(jnp.asarray(times, jnp.float32)), np.float64)
-        logits = jnp.asarray(np.log(np.diff(lam)), jnp.float32)
+        logits = grid_logits(self.sde, times)
         batch = max(1, min(batch, self.x_T.shape[0]))
         parts = [(self.x_T[s:s + batch], self.target[s:s + batch])
                  for s in range(0, self.x_T.shape[0] - batch + 1, batch)]
@@ -522,6 +515,23 @@ class _ProxyLoss:
             logits, scale = best[2], scale / 2  # overshot: back to the best, smaller steps
             state = adam.init(logits)
         return best[1], taken
+
+
+def grid_logits(sde: SDE, times: np.ndarray) -> jax.Array:
+    """The logits of a grid's log-SNR increments (times_from_logits gives the grid back)."""
+    lam = np.asarray(sde.log_snr(jnp.asarray(times, jnp.float32)), np.float64)
+    return jnp.asarray(np.log(np.diff(lam)), jnp.float32)
+
+
+def times_from_logits(sde: SDE, logits: jax.Array, t_end: jax.Array) -> jax.Array:
+    """Times at log-SNR lambda_T + cumsum(softmax(logits)) (lambda(t_end) - lambda_T): a grid
+    from T to t_end, ordered for any logits (the refinement's and the learner's variables)."""
+    lam_T = sde.log_snr(jnp.asarray([sde.T], jnp.float32))[0]
+    lam_end = sde.log_snr(t_end[None])[0]
+    frac = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jax.nn.softmax(logits))])
+    lam = lam_T + frac * (lam_end - lam_T)
+    inner = sde.t_from_log_snr(lam[1:-1])
+    return jnp.concatenate([jnp.asarray([sde.T]), inner, t_end[None]])
 
 
 def judge(per_draw: dict[str, np.ndarray], z: float = 2.0) -> str:

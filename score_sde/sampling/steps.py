@@ -122,6 +122,18 @@ def exponential_coeffs(alpha, sigma, lam, order: int = 1,
         r1=xp.concatenate([h[:1], h[:1], h[:-2]])[:n] / h, order=orders.reshape(-1))
 
 
+def exponential_history_weights(c: ExponentialCoeffs):
+    """The DPM-Solver++ steps of c as a linear multistep on the data predictions: W (n,
+    MAX_ORDER) with exponential_step(x, m0, m1, m2, c) = w_x x + alpha_next sum_j W[:, j] m_j
+    (m_j the prediction j steps back; columns past the order are 0). The learned solver
+    (sampling/learned) starts from these weights. Numpy or JAX, as c."""
+    xp = _xp(*c)
+    unit = np.eye(3)
+    columns = [exponential_step(0.0, *unit[j], c) / c.alpha_next for j in range(3)]
+    zero = xp.zeros_like(columns[0])
+    return xp.stack(columns + [zero] * (MAX_ORDER - 3), axis=-1)
+
+
 def on_device(coeffs: ExponentialCoeffs) -> ExponentialCoeffs:
     """A grid's float64 numpy coefficients as float32 (orders int32) JAX arrays."""
     return jax.tree.map(lambda v: jnp.asarray(v, jnp.int32 if np.asarray(v).dtype.kind == "i"
@@ -176,7 +188,9 @@ def adams_bashforth_weights(alpha, sigma, order: int):
 
 def adams_bashforth_step(x, eps_new, history, w_x, w_eps):
     """(x', history'): eps_new joins the history (MAX_ORDER, *x.shape), newest first, and
-    x' = w_x x + sum_j w_eps[j] history'[j] (weights of one step, adams_bashforth_weights)."""
+    x' = w_x x + sum_j w_eps[j] history'[j] (weights of one step, adams_bashforth_weights).
+    The one linear multistep step: the learned solver runs it on data predictions, with
+    w_eps = alpha_next W (exponential_history_weights and learned weights)."""
     xp = _xp(x, eps_new, history, w_x, w_eps)
     history = xp.concatenate([eps_new[None], history[:-1]])
     return w_x * x + xp.tensordot(w_eps, history, axes=1), history
