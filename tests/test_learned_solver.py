@@ -84,7 +84,7 @@ def test_a_coefficient_file_round_trips_and_is_refused_elsewhere_in_one_line(tmp
 def test_without_a_file_the_learned_sampler_is_dpm_solver_pp():
     shape, score = (4, 3), gaussian_score(VP, SPREAD)
     for order, first in ((2, False), (3, False), (2, True)):
-        options = dict(nfe=5, order=order, eps=EPS, analytic_first_step=first)
+        options = dict(nfe=5, order=order, eps=EPS, analytic_first_step=first, data_scale=SPREAD)
         ours = get_sampler("learned", VP, shape, **options)
         theirs = get_sampler("dpm_solver++", VP, shape, **options)
         np.testing.assert_allclose(ours.ts, theirs.ts)
@@ -136,7 +136,7 @@ def gaussian():
 def test_learning_recovers_the_exact_solver_of_gaussian_data_from_a_wrong_start(gaussian):
     """First-order weights, started 1.5x DDIM's, matched to the exact flow at every grid time
     (path_weight): each step's map comes back to the exact one, x_{i+1} = g_{i+1} / g_i x_i,
-    within 2% relative (from over 20% off), and the held-out endpoint error falls below 1e-3
+    within 2% relative (from over 15% off), and the held-out endpoint error falls below 1e-3
     of DDIM's."""
     times, teacher, exact = gaussian
     _, ddim = start_solver(VP, SHAPE, 4, 1, EPS)
@@ -145,7 +145,7 @@ def test_learning_recovers_the_exact_solver_of_gaussian_data_from_a_wrong_start(
                                 steps=600, learning_rate=0.05, patience=30)
     assert result.chosen == "learned"
     np.testing.assert_allclose(_step_factors(times, result.weights), exact, rtol=0.02)
-    assert np.abs(_step_factors(times, 1.5 * ddim) / exact - 1).max() > 0.2  # the start
+    assert np.abs(_step_factors(times, 1.5 * ddim) / exact - 1).max() > 0.15  # the start
     assert result.error_after < 1e-3 * result.error_before
     assert result.wins == result.held_out == 12
 
@@ -204,4 +204,5 @@ def test_auto_in_a_config_uses_the_rule_when_statistics_are_given():
     steps = lambda stats: len(get_sampler_from_config(  # noqa: E731
         config, VP, (2, 3), EPS, data_stats=stats).ts) - 1
     stats = lambda mean: {"mean": mean, "spread": 1.0}  # noqa: E731 (data_stats.json's keys)
-    assert steps(stats(jnp.zeros(3))) == 6 and steps(None) == 5 and steps(stats(50.0)) == 5
+    assert steps(stats(jnp.zeros(3))) == 6 and steps(stats(50.0)) == 5
+    assert steps(None) == 4  # no statistics, no config.data: one call estimates the scale

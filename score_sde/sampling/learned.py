@@ -60,7 +60,9 @@ def learned_sampler(sde: SDE, shape: tuple[int, ...], *, coefficients: str | Non
     for library use), else DPM-Solver++ of `order` (lower order at the last step) on
     dpm_solver++'s default grid at nfe (default 10) or on `ts`. analytic_first_step: the
     first data prediction is that of N(0, data_scale^2 I) (common.gaussian_score), so nfe
-    score calls take nfe + 1 steps.
+    score calls take nfe + 1 steps. data_scale places the start's grid; unlike dpm_solver++,
+    None means unit-scale data here, not an estimate from the score (a coefficient file holds
+    its own times).
     """
     times, w, first = _solver(sde, shape, coefficients, nfe, order, weights, ts, eps,
                               {"analytic_first_step": bool(analytic_first_step),
