@@ -26,6 +26,9 @@ so each (method, SDE, d, d_y, NFE) cell compiles once.
     python benchmarks/posterior_exact.py --part gaussian            # Gaussian prior
     python benchmarks/posterior_exact.py --part mixture             # the MCGdiff setting
     python benchmarks/posterior_exact.py --part mixture --study "mmps:solver=ddim"  # extra cells
+    python benchmarks/posterior_exact.py --part mixture --dims-mixture 8 --problems 3 --sdes vp \
+        --methods mmps --nfes 100 --study "tds:particles=16,nfe=9648;tds:particles=4,nfe=9612" \
+        --tag tds                                                 # the particle method
     python benchmarks/posterior_exact.py --summarize benchmarks/results/posterior_exact_*.json
 
 Writes benchmarks/results/posterior_exact_<part>.json (one record per cell and problem) and
@@ -285,7 +288,9 @@ def run_problems(part, problems, args, extra_configs=()) -> list[dict]:
         fl, ref = floor(problem, args.n, args.slices, seed=1000 + p_index)
         for sde_name in args.sdes.split(","):
             for method, options in list(configs(args)) + list(extra_configs):
-                for nfe in (int(v) for v in args.nfes.split(",")):
+                options = dict(options)
+                nfes = [options.pop("nfe")] if "nfe" in options else args.nfes.split(",")
+                for nfe in (int(v) for v in nfes):
                     rec = run_cell(problem, sde_name, method, nfe, args.n, options,
                                    seed=p_index, ref=ref)
                     rec.update(part=part, sde=sde_name, problem=p_index, floor=fl,
@@ -313,7 +318,9 @@ def mixture_part(args) -> list[dict]:
 
 
 def study_configs(args) -> list[tuple[str, dict]]:
-    """Extra (method, options) cells from --study, e.g. 'mmps:solver=ddim;pigdm:solver=unipc'."""
+    """Extra (method, options) cells from --study, e.g. 'mmps:solver=ddim;pigdm:solver=unipc';
+    an nfe=N option runs that cell at N only instead of --nfes (e.g. 'tds:particles=4,nfe=9612':
+    the particle method's budget)."""
     out = []
     for item in filter(None, (args.study or "").split(";")):
         method, _, rest = item.partition(":")

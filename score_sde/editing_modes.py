@@ -289,15 +289,14 @@ def edit(config, workdir: str | Path, input: str | None = None, t0: float = 0.5,
 
 # ---------------------------------------------------------------------------- restoration
 
-DEFAULT_RESTORE_METHOD = "mmps"
-
-
 def _restore_settings(config, method: str | None, nfe: int | None, sigma_y: float | None,
                       samples: int | None) -> tuple[str, int, float, int]:
     """(method, nfe, sigma_y, samples): the flags, else config.restore.*, else the defaults
-    (sigma_y: the benchmark's 0.05 on [-1, 1], halved for data on [0, 1]; one sample)."""
+    (method None: the operator's, inverse.default_method; sigma_y: the benchmark's 0.05 on
+    [-1, 1], halved for data on [0, 1]; one sample)."""
     section = config.get("restore", {}) or {}
-    method = str(method or section.get("method") or DEFAULT_RESTORE_METHOD).lower()
+    method = method or section.get("method")
+    method = None if method is None else str(method).lower()
     nfe = int(nfe or section.get("nfe") or 100)
     samples = int(samples or section.get("samples") or 1)
     if samples < 1:
@@ -338,6 +337,7 @@ def restore(config, workdir: str | Path, task: str = "sr4_bicubic", input: str |
     shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
     operator = inverse.get_operator(task, shape)
     method, nfe, sigma_y, samples = _restore_settings(config, method, nfe, sigma_y, samples)
+    method = method or inverse.default_method(operator, sigma_y)
     lpips_weights = lpips_weights or (config.get("restore", {}) or {}).get("lpips_weights")
     lpips_fn = report.lpips_distance(lpips_weights) if lpips_weights else None  # fail early
     images = None if observation is not None else load_images(config, input, n)[0]

@@ -86,8 +86,8 @@ flags.DEFINE_string("observation", None, "--mode restore: an .npz of already deg
                     "observations (key 'observation', the operator's observation shape) instead "
                     "of degrading --input.")
 flags.DEFINE_string("restore_method", None, "--mode restore: the posterior sampler "
-                    "(score_sde.inverse.POSTERIOR_METHODS; default config.restore.method or "
-                    "'mmps').")
+                    "(score_sde.inverse.POSTERIOR_METHODS; default config.restore.method, else "
+                    "by the operator: ddrm with an SVD, pigdm if linear, else daps).")
 flags.DEFINE_integer("nfe", None, "--mode restore: the budget of network passes (default 100).")
 flags.DEFINE_float("sigma_y", None, "--mode restore: the observation noise's std in the data's "
                    "units (default 0.05 on [-1, 1]).")

@@ -29,6 +29,7 @@ from score_sde.inverse import (
     MatrixOperator,
     PhaseRetrievalOperator,
     RadonOperator,
+    default_method,
     exact,
     get_posterior_sampler,
     guidance,
@@ -208,6 +209,13 @@ def test_one_line_errors(kwargs, message):
     with pytest.raises(ValueError) as info:
         _build(**kwargs)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_default_method_follows_the_operators_capabilities():
+    phase = PhaseRetrievalOperator((4, 4, 1))
+    assert default_method(MatrixOperator(np.ones((M, D))), 0.1) == "ddrm"
+    assert default_method(RadonOperator((8, 8, 1), 4), 0.1) == "pigdm"
+    assert (default_method(phase, 0.1), default_method(phase, 0.0)) == ("daps", "dps")
 
 
 def test_a_wrong_observation_shape_is_refused_at_the_call():

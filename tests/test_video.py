@@ -240,7 +240,7 @@ def _unit_gaussian_score(sde):
 
 
 SMALL = {"pc": dict(n_steps=2), "ode": dict(solver="euler", nfe=2), "ddim": dict(nfe=2),
-         "heun": dict(nfe=3), "dpm_solver++": dict(nfe=2), "unipc": dict(nfe=2, order=1),
+         "heun": dict(nfe=3), "dpm_solver++": dict(nfe=3), "unipc": dict(nfe=2, order=1),
          "ipndm": dict(nfe=2, order=1), "learned": dict(nfe=2), "consistency": dict()}
 # last step: x0_hat at eps
 ENDS_ON_X0 = ("ddim", "heun", "dpm_solver++", "unipc", "ipndm", "learned")
@@ -277,7 +277,7 @@ def test_a_masked_network_samples_clips(net):
     observed = jax.random.uniform(jax.random.PRNGKey(9), shape, minval=-1, maxval=1)
     mask = jnp.asarray([[True, False, False], [True, False, True]])
     score = conditioning.masked_score_fn(sde, param, model, params, observed, mask)
-    sample = get_sampler("dpm_solver++", sde, shape, eps=eps, nfe=2)
+    sample = get_sampler("dpm_solver++", sde, shape, eps=eps, nfe=3)
     x, _ = jax.jit(lambda r: sample(r, score))(jax.random.PRNGKey(0))
     x = np.asarray(x)
     assert np.isfinite(x).all()

@@ -86,6 +86,7 @@ from score_sde.inverse.operators_fft import (
 )
 from score_sde.inverse.posterior import (
     POSTERIOR_METHODS,
+    default_method,
     get_posterior_sampler,
     with_value_range,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "MRIOperator", "MaskOperator", "MatrixOperator", "Operator", "PhaseRetrievalOperator",
     "Preset", "RadonOperator", "RealFourierBasis", "SVDOperator", "SeparableOperator",
     "bicubic_downsampling", "bicubic_matrix", "box_mask", "gaussian_kernel", "get_operator",
+    "default_method",
     "get_posterior_sampler",
     "with_value_range",
     "kspace_line_mask", "kspace_point_mask", "motion_kernel", "random_mask", "require",

@@ -84,6 +84,19 @@ def check_value_range(value_range) -> tuple[float, float]:
     return lo, hi
 
 
+def default_method(operator: Operator, sigma_y: float) -> str:
+    """The method a driver uses when none is named, by what the operator offers: 'ddrm' with an
+    SVD (ahead on most tasks of the digits benchmark at one pass per step:
+    benchmarks/pages/restore_digits.md), else 'pigdm' for a linear operator (the closed-form
+    guidance through CG; clipped to the data's range by the driver), else 'daps' (forward
+    only), or 'dps' for a noise-free nonlinear observation (DAPS needs sigma_y > 0)."""
+    if operator.has_svd:
+        return "ddrm"
+    if operator.is_linear:
+        return "pigdm"
+    return "daps" if float(sigma_y) > 0 else "dps"
+
+
 def with_value_range(method: str, options: dict, value_range) -> dict:
     """options with value_range (the data's (lo, hi)) where `method` takes one and options do
     not set it: what a driver passes for image data."""

@@ -128,9 +128,10 @@ def start_solver(sde: SDE, shape: tuple[int, ...], nfe: int, order: int, eps: fl
     """(times, W): DPM-Solver++ of `order` with its lower-order last step as the learned
     solver's weights, on START_SAMPLER's default grid at nfe (its own, so the two agree, with
     the analytic first step's extra step) or on ts: where the learner starts and what its
-    judge compares against."""
+    judge compares against. data_scale None: unit-scale data (no estimate from a score)."""
+    scale = 1.0 if data_scale is None else data_scale
     times = get_sampler(START_SAMPLER, sde, shape, nfe=nfe, order=order, eps=eps, ts=ts,
-                        analytic_first_step=analytic_first_step, data_scale=data_scale).ts
+                        analytic_first_step=analytic_first_step, data_scale=scale).ts
     times = np.asarray(times, np.float64)
     coeffs = exponential_coeffs(*schedule(sde, times), order, lower_order_final=True)
     return times, np.asarray(exponential_history_weights(coeffs), np.float64)
