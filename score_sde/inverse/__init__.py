@@ -45,9 +45,11 @@ Posterior samplers (score_sde.inverse.posterior):
   fixed-step sampler runs (guidance.guided_score); data_scale is the data's spread (1 for
   [-1, 1] images, as the samplers' data_scale); value_range=(lo, hi), the data's range, clips
   their data prediction (None by default, so they stay exact on Gaussian data; on a trained
-  network they need it: --mode restore passes the config's range, with_value_range). A
-  method that needs what the operator lacks is refused with one line; so are a wrong shape, a
-  negative sigma_y, an unknown method or option, and a budget below one step's cost.
+  network they need it: --mode restore passes the config's range, with_value_range; with no
+  method named it takes default_method(operator, sigma_y): ddrm with an SVD, pigdm for other
+  linear operators, daps (dps without noise) for nonlinear ones). A method that needs what
+  the operator lacks is refused with one line; so are a wrong shape, a negative sigma_y, an
+  unknown method or option, and a budget below one step's cost.
   exact          closed-form posteriors of linear-Gaussian observations (tests, benchmarks)
 
 Reports (score_sde.inverse.report, imported on its own): the simple baselines of an observation
