@@ -290,7 +290,7 @@ def edit(config, workdir: str | Path, input: str | None = None, t0: float = 0.5,
 # ---------------------------------------------------------------------------- restoration
 
 def _restore_settings(config, method: str | None, nfe: int | None, sigma_y: float | None,
-                      samples: int | None) -> tuple[str, int, float, int]:
+                      samples: int | None) -> tuple[str | None, int, float, int]:
     """(method, nfe, sigma_y, samples): the flags, else config.restore.*, else the defaults
     (method None: the operator's, inverse.default_method; sigma_y: the benchmark's 0.05 on
     [-1, 1], halved for data on [0, 1]; one sample)."""
