@@ -75,9 +75,9 @@ class _Pipeline:
 
 
 def test_stored_statistics_round_trip_and_place_the_config_samplers_grid(tmp_path):
-    """A run's data_stats.json holds the scaled data's mean and spread; a sampler from the
-    config takes that spread as data_scale; a run without the file keeps the config's range
-    (1 for [-1, 1])."""
+    """A run's data_stats.json holds the scaled data's mean and spread; a sampler from a
+    config that gives no data range takes that spread as data_scale; an image config keeps
+    its range's scale (1 for [-1, 1]) with or without the file."""
     rng = np.random.default_rng(0)
     images = rng.uniform(0.4, 0.6, size=(64, 4, 4, 1)).astype(np.float32)
     stats = data_stats.measure_dataset(_Pipeline(images), lambda x: 2.0 * x - 1.0, examples=32)
@@ -88,12 +88,14 @@ def test_stored_statistics_round_trip_and_place_the_config_samplers_grid(tmp_pat
     data_stats.record(tmp_path, stats)
     assert data_stats.load(tmp_path) == stats
     sde, config = sde_lib.VPSDE(), _config()
-    got = get_sampler_from_config(config, sde, (2, 16), 1e-3, data_stats=stats).ts
+    no_range = _config(centered=None)
+    got = get_sampler_from_config(no_range, sde, (2, 16), 1e-3, data_stats=stats).ts
     np.testing.assert_array_equal(
         got, get_sampler("ddim", sde, (2, 16), nfe=6, data_scale=stats["spread"]).ts)
-    old = get_sampler_from_config(config, sde, (2, 16), 1e-3).ts
-    np.testing.assert_array_equal(old, get_sampler("ddim", sde, (2, 16), nfe=6,
-                                                   data_scale=1.0).ts)
+    unit = get_sampler("ddim", sde, (2, 16), nfe=6, data_scale=1.0).ts
+    for data in (stats, None):
+        np.testing.assert_array_equal(
+            get_sampler_from_config(config, sde, (2, 16), 1e-3, data_stats=data).ts, unit)
     (tmp_path / data_stats.FILE).write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="is not a 'score_sde data statistics' file"):
         data_stats.load(tmp_path)
