@@ -93,19 +93,16 @@ def estimate_data_scale(sde: SDE, score_fn: ScoreFn, rng: Array, shape: tuple[in
     z = jax.random.normal(jax.random.fold_in(rng, _PILOT_KEY), (pairs, *shape[1:]), jnp.float32)
     z = jnp.stack([z, -z], 1).reshape((2 * pairs, *shape[1:]))[:batch]
     x_edm = batch_mul(jnp.asarray(rho[level], jnp.float32), z)
-    alpha = sde.marginal_coeffs(t)[0]
+    alpha, sigma = sde.marginal_coeffs(t)
     x = batch_mul(alpha, x_edm)
     if sharding is not None:
         x = jax.lax.with_sharding_constraint(x, sharding)
-    _, sigma = sde.marginal_coeffs(t)
     x0 = batch_mul(1.0 / alpha, x + batch_mul(sigma**2, score_fn(x, t)))
     # sum of x0_hat . x_edm per level: with antithetic pairs the mean's term cancels
     prod = jnp.sum((x0 * x_edm).reshape(batch, -1), axis=1)
-    if batch > 1 and batch % 2:
-        prod = prod.at[-1].set(0.0)  # an unpaired last example would carry the mean's term
     onehot = jnp.asarray(level[:, None] == np.arange(len(rho))[None], jnp.float32)
-    if batch > 1 and batch % 2:
-        onehot = onehot.at[-1].set(0.0)
+    if batch > 1 and batch % 2:  # an unpaired last example would carry the mean's term
+        prod, onehot = prod.at[-1].set(0.0), onehot.at[-1].set(0.0)
     count = onehot.sum(0) * float(np.prod(shape[1:]))
     c = (onehot.T @ prod) / jnp.maximum(count, 1.0)
     return _combine(c, jnp.asarray(rho, jnp.float32), count)
